@@ -1,0 +1,1 @@
+"""pixelserve: the HTTP service. Depends on model artifacts only, never on `training`."""

@@ -1,0 +1,102 @@
+"""The service's one exception tree, mapped to HTTP in one place (`install_error_handlers`).
+
+Every error leaves as JSON: {"error": "<message>", "code": "<kind>"}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: str
+    code: str
+
+
+class PixelserveError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelNotFound(PixelserveError):
+    status_code = 404
+    code = "model_not_found"
+
+
+class UnsupportedImage(PixelserveError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class InvalidImage(PixelserveError):
+    """An image that decodes but has nothing to classify, or a missing/empty upload."""
+
+    status_code = 422
+    code = "invalid_image"
+
+
+class MissingUpload(PixelserveError):
+    status_code = 422
+    code = "missing_file"
+
+
+class ImageTooLarge(PixelserveError):
+    status_code = 413
+    code = "image_too_large"
+
+
+class BodyTooLarge(PixelserveError):
+    status_code = 413
+    code = "body_too_large"
+
+
+class NotReady(PixelserveError):
+    status_code = 503
+    code = "not_ready"
+
+
+def error_response(status_code: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status_code)
+
+
+def responses(*errors: type[PixelserveError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the errors a route can raise."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for error in errors:
+        entry = out.setdefault(error.status_code, {"model": ErrorBody, "description": ""})
+        doc = (error.__doc__ or error.code.replace("_", " ")).strip().splitlines()[0]
+        entry["description"] = f"{entry['description']}; {doc}" if entry["description"] else doc
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_pixelserve_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, PixelserveError)
+        return error_response(exc.status_code, exc.code, exc.message)
+
+    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}" for err in exc.errors()
+        )
+        return error_response(422, "validation_error", details or "invalid request")
+
+    async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return error_response(exc.status_code, "http_error", str(exc.detail))
+
+    app.add_exception_handler(PixelserveError, on_pixelserve_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)

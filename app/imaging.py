@@ -1,0 +1,110 @@
+"""Decoding what people upload into one grayscale float array, light ink on a dark background.
+
+Any format the service accepts, any size and mode: palette, 1-bit, 16-bit, CMYK, alpha (composited
+onto a background that contrasts with the drawing), EXIF orientation, animated files (first frame).
+Pillow's own decompression-bomb guard stays on; the service's pixel limit is checked before any
+pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.errors import ImageTooLarge, InvalidImage, UnsupportedImage
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}
+# Huge photos are shrunk to this side before the recipe: it bounds the work per request, and the
+# recipe ends at 28x28 anyway.
+WORKING_SIDE = 512
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Identify and check an upload without decoding its pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"image is too large to decode: {exc}") from None
+    except UnidentifiedImageError:
+        raise UnsupportedImage(
+            f"not an image in a supported format; accepted: {', '.join(ACCEPTED_FORMATS)}"
+        ) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"image has {width}x{height} pixels; the limit is {max_pixels} pixels")
+    if width == 0 or height == 0:
+        raise InvalidImage("image has no pixels")
+    return image
+
+
+def _load_pixels(image: Image.Image) -> Image.Image:
+    """Decode the first frame, upright per EXIF; corrupt or truncated data is a 415."""
+    try:
+        image.seek(0)
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+        return upright if upright is not None else image
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise UnsupportedImage(f"image data could not be decoded: {exc}") from None
+
+
+def _gray_and_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Luminance in [0, 1] and alpha in [0, 1] (None when the image is opaque)."""
+    mode = image.mode
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode in ("P", "L", "RGB") and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+        gray = np.asarray(rgba.convert("RGB").convert("L"), dtype=np.float32) / 255.0
+        return gray, alpha
+    if mode in _SIXTEEN_BIT or mode == "I":
+        values = np.asarray(image, dtype=np.float32)
+        full_scale = 65535.0 if mode in _SIXTEEN_BIT or values.max(initial=0) > 255 else 255.0
+        return np.clip(values / full_scale, 0.0, 1.0), None
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        scale = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        return np.clip(values / scale, 0.0, 1.0), None
+    if mode not in ("L", "1", "P", "RGB"):
+        image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0, None
+
+
+def _shrink(gray: np.ndarray) -> np.ndarray:
+    height, width = gray.shape
+    longest = max(height, width)
+    if longest <= WORKING_SIDE:
+        return gray
+    size = (max(1, round(width * WORKING_SIDE / longest)), max(1, round(height * WORKING_SIDE / longest)))
+    # BOX averages every source pixel: thin strokes fade but never vanish.
+    return np.asarray(Image.fromarray(gray, mode="F").resize(size, Image.Resampling.BOX), dtype=np.float32)
+
+
+def _border(gray: np.ndarray) -> np.ndarray:
+    return np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
+
+
+def decode_light_on_dark(data: bytes, max_pixels: int) -> np.ndarray:
+    """Upload bytes -> float32 [H, W] in [0, 1]: bright foreground on a background near 0."""
+    image = _load_pixels(open_image(data, max_pixels))
+    gray, alpha = _gray_and_alpha(image)
+    if alpha is not None and alpha.min() < 0.99:
+        weight = float(alpha.sum())
+        # A canvas export (dark strokes on transparency) goes onto white; light strokes onto black.
+        drawing = float((gray * alpha).sum() / weight) if weight > 0 else 0.0
+        background = 1.0 if drawing < 0.5 else 0.0
+        gray = gray * alpha + background * (1.0 - alpha)
+    gray = _shrink(gray)
+    # The datasets are light on dark: a digit on paper or a product on white is inverted.
+    if float(np.median(_border(gray))) > 0.5:
+        gray = 1.0 - gray
+    background = float(np.median(_border(gray)))
+    return np.clip(gray - background, 0.0, 1.0) if background > 0 else gray

@@ -1,0 +1,63 @@
+"""From upload bytes to class probabilities: decode, the model's recipe, one forward pass.
+
+Synchronous and CPU-bound: routes run it in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from app.artifacts import LoadedModel
+from app.imaging import decode_light_on_dark
+from app.preprocessing import apply_recipe
+
+
+@dataclass(frozen=True)
+class Prediction:
+    model: str
+    version: str
+    labels: list[str]
+    probabilities: list[float]
+
+    @property
+    def index(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    def to_json(self, top_k: int | None = None) -> dict[str, object]:
+        index = self.index
+        body: dict[str, object] = {
+            "model": self.model,
+            "version": self.version,
+            "label": self.labels[index],
+            "index": index,
+            "confidence": self.probabilities[index],
+            "probabilities": dict(zip(self.labels, self.probabilities, strict=True)),
+        }
+        if top_k is not None:
+            order = sorted(range(len(self.labels)), key=lambda i: -self.probabilities[i])[:top_k]
+            body["top_k"] = [{"label": self.labels[i], "probability": self.probabilities[i]} for i in order]
+        return body
+
+
+def preprocess(data: bytes, recipe: str, max_pixels: int) -> np.ndarray:
+    """Upload bytes -> float32 [28, 28] in [0, 1], light on dark, as the dataset looks."""
+    return apply_recipe(decode_light_on_dark(data, max_pixels), recipe)
+
+
+def run_model(model: LoadedModel, pixels: np.ndarray) -> list[list[float]]:
+    """pixels float32 [N, 28, 28] -> probabilities [N, C] as Python floats."""
+    batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).unsqueeze(1)  # [N, 1, 28, 28]
+    with torch.inference_mode():
+        probabilities = model.forward(batch.to(model.device)).cpu().double()
+    # Renormalise in float64 so the JSON values sum to 1 as closely as floats allow.
+    probabilities = probabilities / probabilities.sum(dim=1, keepdim=True)
+    return probabilities.tolist()  # type: ignore[no-any-return]
+
+
+def classify(model: LoadedModel, data: bytes, max_pixels: int) -> Prediction:
+    pixels = preprocess(data, model.recipe, max_pixels)
+    probabilities = run_model(model, pixels[None])[0]
+    return Prediction(model.name, model.version, model.labels, probabilities)

@@ -1,0 +1,53 @@
+"""The application factory: `uvicorn --factory app.main:create_app`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+
+from app.errors import install_error_handlers
+from app.limits import BodySizeLimit
+from app.registry import ModelRegistry
+from app.repository import ModelRepository
+from app.routes import api_router
+from app.settings import Settings
+
+logger = logging.getLogger("pixelserve")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("PIXELSERVE_DEVICE=cuda, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.torch_threads)
+        registry = ModelRegistry(ModelRepository(settings.model_repository), _device(settings.device), settings.models)
+        registry.load_all()
+        app.state.registry = registry
+        logger.info("serving %s", {n: m.version for n, m in registry.models.items()})
+        yield
+
+    app = FastAPI(
+        title="pixelserve",
+        summary="Image classifiers (MNIST digits, Fashion-MNIST garments) behind an HTTP API",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(api_router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

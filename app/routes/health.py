@@ -1,0 +1,33 @@
+"""Liveness and readiness probes for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from app.deps import RegistryDep
+from app.errors import NotReady, responses
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+class Health(BaseModel):
+    status: str
+    models: dict[str, str] = {}
+
+
+@router.get("/live", response_model=Health)
+def live() -> Health:
+    """200 while the process runs."""
+    return Health(status="live")
+
+
+@router.get("/ready", response_model=Health, responses=responses(NotReady))
+def ready(registry: RegistryDep) -> Health:
+    """200 once every configured model is loaded, 503 before (or when one failed to load)."""
+    models = {name: model.version for name, model in registry.models.items()}
+    if not registry.ready:
+        missing = [name for name in registry.expected_names() if name not in registry.models]
+        detail = "; ".join(f"{n}: {registry.errors.get(n, 'loading')}" for n in missing) or "no models configured"
+        raise NotReady(f"not ready: {detail}")
+    return Health(status="ready", models=models)

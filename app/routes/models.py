@@ -1,0 +1,60 @@
+"""Read-only view of the model repository and of what this replica serves."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.artifacts import ArtifactError, read_metadata
+from app.deps import RegistryDep
+from app.errors import ModelNotFound, responses
+from app.registry import ModelRegistry
+from app.schemas import ModelDetail, ModelSummary, VersionInfo
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+def _summary(registry: ModelRegistry, name: str) -> ModelSummary:
+    loaded = registry.models.get(name)
+    meta = loaded.metadata if loaded else {}
+    return ModelSummary(
+        name=name,
+        served_version=loaded.version if loaded else None,
+        versions=registry.repository.versions(name),
+        labels=list(meta.get("labels", [])),
+        architecture=meta.get("architecture"),
+        dataset=meta.get("dataset"),
+        preprocessing=meta.get("preprocessing"),
+        test_accuracy=meta.get("test_accuracy"),
+        created_at=meta.get("created_at"),
+        error=registry.errors.get(name),
+    )
+
+
+def _version_info(registry: ModelRegistry, name: str, version: str) -> VersionInfo:
+    try:
+        meta = read_metadata(registry.repository.artifact_path(name, version))
+    except ArtifactError as exc:
+        return VersionInfo(version=version, error=str(exc))
+    keys = ("architecture", "dataset", "test_accuracy", "created_at", "weights_sha256")
+    return VersionInfo(version=version, **{key: meta.get(key) for key in keys})
+
+
+@router.get("", response_model=list[ModelSummary])
+def list_models(registry: RegistryDep) -> list[ModelSummary]:
+    """Every model this replica serves or was asked to serve."""
+    names = sorted(set(registry.expected_names()) | set(registry.models))
+    return [_summary(registry, name) for name in names]
+
+
+@router.get("/{name}", response_model=ModelDetail, responses=responses(ModelNotFound))
+def get_model(name: str, registry: RegistryDep) -> ModelDetail:
+    """One model: its served version, full metadata, and every version in the repository."""
+    if name not in registry.models and name not in registry.expected_names():
+        registry.get(name)  # raises the 404 naming the served models
+    summary = _summary(registry, name)
+    loaded = registry.models.get(name)
+    return ModelDetail(
+        **summary.model_dump(),
+        version_details=[_version_info(registry, name, v) for v in summary.versions],
+        metadata=loaded.metadata if loaded else {},
+    )

@@ -1,0 +1,46 @@
+"""Typed settings from `PIXELSERVE_*` environment variables; a bad value stops start-up with a clear message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PIXELSERVE_", frozen=True)
+
+    model_repository: Path = Field(Path("models"), description="folder holding <name>/<version>/model.pt")
+    models: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="models to serve (JSON list or comma-separated); default: every model in the repository"
+    )
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per process")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest accepted request body")
+    max_image_pixels: int = Field(40_000_000, ge=784, description="largest accepted image, width x height")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [name.strip() for name in text.split(",") if name.strip()]
+        return value
+
+    @field_validator("model_repository")
+    @classmethod
+    def _repository_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"model repository {str(value)!r} is not a directory")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value

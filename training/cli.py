@@ -1,0 +1,74 @@
+"""`python -m training`: train one seed network and publish it into the model repository.
+
+    python -m training --model mnist --architecture mnist_cnn --dataset mnist \
+        --data-dir ../shared/datasets/mnist --epochs 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from training.config import TrainConfig
+from training.data import DATASETS, load_dataset
+from training.export import export_model
+from training.loop import train
+from training.networks import architecture_names
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=defaults.model_name, help="served model name (models/<name>/)")
+    parser.add_argument("--architecture", default=defaults.architecture, choices=architecture_names())
+    parser.add_argument("--dataset", default=defaults.dataset, choices=sorted(DATASETS))
+    parser.add_argument("--data-dir", type=Path, default=None, help="folder of IDX files (.gz or raw); omit to download")
+    parser.add_argument("--download-root", type=Path, default=Path("data"), help="where torchvision downloads to")
+    parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository to publish into")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    parser.add_argument("--no-augment", dest="augment", action="store_false")
+    parser.add_argument("--max-samples", type=int, default=None, help="train on the first N images only")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--device", default=defaults.device, choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--dry-run", action="store_true", help="one epoch of three batches, to check the path")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
+        parser.error("--epochs and --batch-size must be >= 1 and --lr > 0")
+    config = TrainConfig(
+        model_name=args.model,
+        architecture=args.architecture,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        augment=args.augment,
+        max_samples=args.max_samples,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        dry_run=args.dry_run,
+    )
+    return config, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, args = parse_args(argv)
+    data = load_dataset(config.dataset, config.data_dir, args.download_root)
+    result = train(config, data, progress=args.progress)
+    folder = export_model(args.repository, config.model_name, config, data, result)
+    print(f"test accuracy {result.evaluation.accuracy:.4%}; published {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Datasets as whole tensors: local IDX files (gzipped or raw) or torchvision's download.
+
+A set is decoded once into a uint8 tensor [N, 28, 28]; batches are sliced from it on the fly,
+so no PIL image is ever built per sample per epoch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+MNIST_LABELS = tuple(str(d) for d in range(10))
+FASHION_LABELS = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a served model needs to know about the data it was trained on."""
+
+    name: str
+    labels: tuple[str, ...]
+    mean: float  # pixel statistics of the training set, pixels scaled to [0, 1]
+    std: float
+    preprocessing: str  # "digit" or "garment": the recipe the server applies to uploads
+    torchvision_class: str
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec("mnist", MNIST_LABELS, 0.1307, 0.3081, "digit", "MNIST"),
+    "fashion-mnist": DatasetSpec(
+        "fashion-mnist", FASHION_LABELS, 0.2860, 0.3530, "garment", "FashionMNIST"
+    ),
+}
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}") from None
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8 [N, 28, 28], light on dark
+    labels: torch.Tensor  # int64 [N]
+
+
+@dataclass(frozen=True)
+class LoadedDataset:
+    spec: DatasetSpec
+    train: Split
+    test: Split
+    checksums: dict[str, str]  # file name -> SHA-256 of the bytes read
+
+
+_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_IDX_DTYPE_UBYTE = 0x08
+
+
+def parse_idx(raw: bytes) -> torch.Tensor:
+    """Decode an IDX file (unsigned bytes only, as MNIST uses) into a uint8 tensor."""
+    if len(raw) < 4:
+        raise ValueError("not an IDX file: shorter than its header")
+    zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype != _IDX_DTYPE_UBYTE or not 1 <= ndim <= 3:
+        raise ValueError("not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    body = raw[4 + 4 * ndim :]
+    count = 1
+    for dim in shape:
+        count *= dim
+    if len(body) != count:
+        raise ValueError(f"IDX body holds {len(body)} bytes, header says {count}")
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
+
+
+def _read_idx_file(folder: Path, stem: str) -> tuple[torch.Tensor, str, str]:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            raw = candidate.read_bytes()
+            digest = hashlib.sha256(raw).hexdigest()
+            data = gzip.decompress(raw) if candidate.suffix == ".gz" else raw
+            return parse_idx(data), candidate.name, digest
+    raise FileNotFoundError(f"{stem}(.gz) not found in {folder}")
+
+
+def load_idx_folder(folder: Path, spec: DatasetSpec) -> LoadedDataset:
+    """Load the four standard IDX files from one folder."""
+    tensors: dict[str, torch.Tensor] = {}
+    checksums: dict[str, str] = {}
+    for key, stem in _FILES.items():
+        tensor, file_name, digest = _read_idx_file(folder, stem)
+        tensors[key] = tensor
+        checksums[file_name] = digest
+    for split in ("train", "test"):
+        images, labels = tensors[f"{split}_images"], tensors[f"{split}_labels"]
+        if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
+            raise ValueError(f"{folder}: {split} images {tuple(images.shape)} and labels disagree")
+    return LoadedDataset(
+        spec=spec,
+        train=Split(tensors["train_images"], tensors["train_labels"].long()),
+        test=Split(tensors["test_images"], tensors["test_labels"].long()),
+        checksums=checksums,
+    )
+
+
+def download_with_torchvision(root: Path, spec: DatasetSpec) -> Path:
+    """Fetch the set with torchvision (for users who are online); return the raw IDX folder."""
+    import torchvision.datasets  # imported here: serving and local-file training need no torchvision
+
+    dataset_class = getattr(torchvision.datasets, spec.torchvision_class)
+    for train in (True, False):
+        dataset_class(root=str(root), train=train, download=True)
+    return root / spec.torchvision_class / "raw"
+
+
+def load_dataset(name: str, data_dir: Path | None, download_root: Path | None = None) -> LoadedDataset:
+    """Local IDX folder when given, torchvision's download otherwise."""
+    spec = get_dataset_spec(name)
+    if data_dir is not None:
+        return load_idx_folder(data_dir, spec)
+    folder = download_with_torchvision(download_root or Path("data"), spec)
+    return load_idx_folder(folder, spec)
+
+
+def take_first(split: Split, max_samples: int | None) -> Split:
+    if max_samples is None or max_samples >= split.images.shape[0]:
+        return split
+    return Split(split.images[:max_samples], split.labels[:max_samples])

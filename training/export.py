@@ -1,0 +1,153 @@
+"""Export a trained network as a self-describing TorchScript artifact in the model repository.
+
+Layout: <repository>/<name>/<version>/model.pt, the metadata embedded in the file as the extra
+file `metadata.json`. The served module takes raw pixels [N, 1, 28, 28] in [0, 1] (light on
+dark), normalises them itself and returns class probabilities [N, C].
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.config import TrainConfig
+from training.data import LoadedDataset
+from training.loop import TrainResult
+from training.networks import count_parameters
+
+ARTIFACT_FILE = "model.pt"
+METADATA_FILE = "metadata.json"
+FORMAT = "pixelserve.torchscript/1"
+_JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
+
+
+class ServedModel(nn.Module):
+    """Trained network plus softmax: what the server runs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, 1, 28, 28] -> [N, C]
+        return torch.softmax(self.model(x), dim=1)
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """SHA-256 over every parameter and buffer, in state_dict order (the server recomputes it)."""
+    digest = hashlib.sha256()
+    for key, tensor in module.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def script_module(module: nn.Module) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        # torch 2.14 deprecates TorchScript; the artifact format still asks for it (see README).
+        warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
+        return torch.jit.script(module)
+
+
+def build_metadata(
+    name: str, version: str, config: TrainConfig, data: LoadedDataset, result: TrainResult, sha256: str
+) -> dict[str, Any]:
+    labels = list(data.spec.labels)
+    return {
+        "format": FORMAT,
+        "name": name,
+        "version": version,
+        "architecture": config.architecture,
+        "dataset": data.spec.name,
+        "labels": labels,
+        "input": {"shape": [-1, 1, 28, 28], "dtype": "float32", "range": [0.0, 1.0], "polarity": "light-on-dark"},
+        "output": "probabilities",
+        "preprocessing": data.spec.preprocessing,
+        "normalization": {"mean": data.spec.mean, "std": data.spec.std, "baked_in": True},
+        "test_accuracy": result.evaluation.accuracy,
+        "per_class_accuracy": dict(zip(labels, result.evaluation.per_class_accuracy, strict=True)),
+        "confusion_matrix": result.evaluation.confusion,
+        "parameters": count_parameters(result.model),
+        "training": {
+            "config": config.to_json(),
+            "train_samples": min(config.max_samples or data.train.images.shape[0], data.train.images.shape[0]),
+            "seconds": round(result.seconds, 1),
+            "history": [vars(m) for m in result.history],
+        },
+        "dataset_checksums": data.checksums,
+        "torch_version": torch.__version__,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "weights_sha256": sha256,
+    }
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def existing_versions(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def write_artifact(scripted: torch.jit.ScriptModule, metadata: dict[str, Any], folder: Path) -> Path:
+    """Write model.pt into folder and fsync it."""
+    path = folder / ARTIFACT_FILE
+    extra = {METADATA_FILE: json.dumps(metadata, indent=1)}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
+        torch.jit.save(scripted, str(path), _extra_files=extra)
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+    return path
+
+
+def export_model(
+    repository: Path, name: str, config: TrainConfig, data: LoadedDataset, result: TrainResult
+) -> Path:
+    """Publish the trained model as the next version of `name`; returns the version folder.
+
+    Written under a temporary name, fsynced, then renamed: a reader never sees a half-written
+    version. Two exports racing for one number: the loser's rename fails and it takes the next.
+    """
+    model_dir = repository / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    served = ServedModel(result.model).eval()
+    scripted = script_module(served)
+    sha256 = weights_sha256(served)
+    for _attempt in range(100):
+        versions = existing_versions(model_dir)
+        version = str(versions[-1] + 1 if versions else 1)
+        staging = model_dir / f".staging-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            write_artifact(scripted, build_metadata(name, version, config, data, result, sha256), staging)
+            _fsync_dir(staging)
+            target = model_dir / version
+            if target.exists():
+                continue
+            os.rename(staging, target)
+            _fsync_dir(model_dir)
+            return target
+        except OSError:
+            if (model_dir / version).exists():
+                continue  # another export took this number first
+            raise
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    raise RuntimeError(f"could not find a free version number under {model_dir}")
