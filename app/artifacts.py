@@ -76,7 +76,9 @@ def _load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModul
     with warnings.catch_warnings():
         # torch 2.14 deprecates TorchScript; it stays this product's artifact format for now.
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
-        module = torch.jit.load(str(path), map_location=device)
+        module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
+            str(path), map_location=device
+        )
     module.eval()
     return module
 
@@ -94,7 +96,14 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
     with torch.inference_mode():
         probe = module(torch.zeros(2, 1, 28, 28, device=device))
     if probe.shape != (2, num_classes) or not torch.allclose(probe.sum(dim=1), torch.ones(2, device=device), atol=1e-4):
-        raise ArtifactError(f"{path}: smoke prediction gave {tuple(probe.shape)}, not probabilities over {num_classes} classes")
+        raise ArtifactError(
+            f"{path}: smoke prediction gave {tuple(probe.shape)}, not probabilities over {num_classes} classes"
+        )
     return LoadedModel(
-        name=str(metadata["name"]), version=str(metadata["version"]), metadata=metadata, path=path, device=device, forward=module
+        name=str(metadata["name"]),
+        version=str(metadata["version"]),
+        metadata=metadata,
+        path=path,
+        device=device,
+        forward=module,
     )

@@ -32,9 +32,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"image is too large to decode: {exc}") from None
     except UnidentifiedImageError:
-        raise UnsupportedImage(
-            f"not an image in a supported format; accepted: {', '.join(ACCEPTED_FORMATS)}"
-        ) from None
+        raise UnsupportedImage(f"not an image in a supported format; accepted: {', '.join(ACCEPTED_FORMATS)}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"image has {width}x{height} pixels; the limit is {max_pixels} pixels")

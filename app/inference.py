@@ -54,7 +54,8 @@ def run_model(model: LoadedModel, pixels: np.ndarray) -> list[list[float]]:
         probabilities = model.forward(batch.to(model.device)).cpu().double()
     # Renormalise in float64 so the JSON values sum to 1 as closely as floats allow.
     probabilities = probabilities / probabilities.sum(dim=1, keepdim=True)
-    return probabilities.tolist()  # type: ignore[no-any-return]
+    rows: list[list[float]] = probabilities.tolist()
+    return rows
 
 
 def classify(model: LoadedModel, data: bytes, max_pixels: int) -> Prediction:

@@ -21,7 +21,9 @@ class ModelRepository:
     def model_names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and self.versions(p.name))
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and self.versions(p.name)
+        )
 
     def versions(self, name: str) -> list[str]:
         folder = self.root / name

@@ -23,7 +23,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     parser.add_argument("--model", default=defaults.model_name, help="served model name (models/<name>/)")
     parser.add_argument("--architecture", default=defaults.architecture, choices=architecture_names())
     parser.add_argument("--dataset", default=defaults.dataset, choices=sorted(DATASETS))
-    parser.add_argument("--data-dir", type=Path, default=None, help="folder of IDX files (.gz or raw); omit to download")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="folder of IDX files (.gz or raw); omit to download"
+    )
     parser.add_argument("--download-root", type=Path, default=Path("data"), help="where torchvision downloads to")
     parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository to publish into")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)

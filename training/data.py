@@ -43,9 +43,7 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec("mnist", MNIST_LABELS, 0.1307, 0.3081, "digit", "MNIST"),
-    "fashion-mnist": DatasetSpec(
-        "fashion-mnist", FASHION_LABELS, 0.2860, 0.3530, "garment", "FashionMNIST"
-    ),
+    "fashion-mnist": DatasetSpec("fashion-mnist", FASHION_LABELS, 0.2860, 0.3530, "garment", "FashionMNIST"),
 }
 
 

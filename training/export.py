@@ -116,9 +116,7 @@ def write_artifact(scripted: torch.jit.ScriptModule, metadata: dict[str, Any], f
     return path
 
 
-def export_model(
-    repository: Path, name: str, config: TrainConfig, data: LoadedDataset, result: TrainResult
-) -> Path:
+def export_model(repository: Path, name: str, config: TrainConfig, data: LoadedDataset, result: TrainResult) -> Path:
     """Publish the trained model as the next version of `name`; returns the version folder.
 
     Written under a temporary name, fsynced, then renamed: a reader never sees a half-written

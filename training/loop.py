@@ -28,7 +28,8 @@ class Normalize(nn.Module):
         self.std = std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, 1, 28, 28] -> logits [N, C]
-        return self.network((x - self.mean) / self.std)
+        logits: torch.Tensor = self.network((x - self.mean) / self.std)
+        return logits
 
 
 @dataclass
@@ -87,9 +88,9 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
         x = to_input(split.images[start : start + batch_size], device)
         predicted = model(x).argmax(dim=1).cpu()
         truth = split.labels[start : start + batch_size]
-        confusion += torch.bincount(
-            truth * num_classes + predicted, minlength=num_classes**2
-        ).view(num_classes, num_classes)
+        confusion += torch.bincount(truth * num_classes + predicted, minlength=num_classes**2).view(
+            num_classes, num_classes
+        )
     per_class = (confusion.diag().float() / confusion.sum(dim=1).clamp(min=1)).tolist()
     accuracy = (confusion.diag().sum() / confusion.sum()).item()
     return Evaluation(accuracy, per_class, confusion.tolist())
@@ -140,7 +141,7 @@ def train(
                 x = augment_batch(x, policy)
             loss = F.cross_entropy(model(x), train_labels[idx], label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             schedule.step()
             total_loss += loss.detach()

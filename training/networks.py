@@ -29,9 +29,7 @@ def create_network(name: str, num_classes: int = 10) -> nn.Module:
     try:
         factory = _REGISTRY[name]
     except KeyError:
-        raise ValueError(
-            f"unknown architecture {name!r}; valid: {', '.join(architecture_names())}"
-        ) from None
+        raise ValueError(f"unknown architecture {name!r}; valid: {', '.join(architecture_names())}") from None
     return factory(num_classes)
 
 

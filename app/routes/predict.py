@@ -54,9 +54,7 @@ async def read_upload(request: Request) -> bytes:
     elif content_type == "" and not await request.body():
         raise MissingUpload("no image: send a multipart field 'file' or a raw image/* body")
     else:
-        raise UnsupportedImage(
-            f"content type {content_type!r} is not accepted; send multipart/form-data or image/*"
-        )
+        raise UnsupportedImage(f"content type {content_type!r} is not accepted; send multipart/form-data or image/*")
     if not data:
         raise MissingUpload("the uploaded file is empty")
     return data
@@ -66,9 +64,7 @@ async def read_upload(request: Request) -> bytes:
     "/{name}",
     response_model=PredictionBody,
     openapi_extra={"requestBody": _REQUEST_BODY},
-    responses=responses(
-        ModelNotFound, BodyTooLarge, ImageTooLarge, UnsupportedImage, InvalidImage, MissingUpload
-    ),
+    responses=responses(ModelNotFound, BodyTooLarge, ImageTooLarge, UnsupportedImage, InvalidImage, MissingUpload),
 )
 async def predict(
     name: str,
