@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
+from app.errors import Forbidden, Unauthorized
+from app.jobs.store import JobStore
 from app.registry import ModelRegistry
 from app.settings import Settings
 
@@ -22,3 +25,23 @@ def get_registry(request: Request) -> ModelRegistry:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+
+
+def get_job_store(request: Request) -> JobStore:
+    store: JobStore = request.app.state.job_store
+    return store
+
+
+JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
+
+
+def require_admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Router-level guard of every admin route: a Bearer token equal to PIXELSERVE_ADMIN_TOKEN."""
+    if settings.admin_token is None:
+        raise Forbidden("admin routes are disabled: the server has no PIXELSERVE_ADMIN_TOKEN")
+    if not authorization:
+        raise Unauthorized("admin route: send 'Authorization: Bearer <token>'")
+    scheme, _, token = authorization.partition(" ")
+    expected = settings.admin_token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), expected):
+        raise Forbidden("wrong admin token")

@@ -62,6 +62,37 @@ class BodyTooLarge(PixelserveError):
     code = "body_too_large"
 
 
+class Unauthorized(PixelserveError):
+    """No `Authorization: Bearer <token>` header."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(PixelserveError):
+    """Wrong admin token, or admin routes disabled (no PIXELSERVE_ADMIN_TOKEN)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class JobNotFound(PixelserveError):
+    status_code = 404
+    code = "job_not_found"
+
+
+class VersionNotFound(PixelserveError):
+    status_code = 404
+    code = "version_not_found"
+
+
+class Conflict(PixelserveError):
+    """The resource is in a state that does not allow this (a finished job, a broken version)."""
+
+    status_code = 409
+    code = "conflict"
+
+
 class NotReady(PixelserveError):
     status_code = 503
     code = "not_ready"
@@ -97,6 +128,12 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         return error_response(exc.status_code, "http_error", str(exc.detail))
 
+    async def on_unauthorized(request: Request, exc: Exception) -> JSONResponse:
+        response = await on_pixelserve_error(request, exc)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
     app.add_exception_handler(PixelserveError, on_pixelserve_error)
+    app.add_exception_handler(Unauthorized, on_unauthorized)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from app.errors import install_error_handlers
+from app.jobs.store import JobStore
 from app.limits import BodySizeLimit
 from app.registry import ModelRegistry
 from app.repository import ModelRepository
@@ -27,6 +31,21 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+async def _watch(registry: ModelRegistry, interval: float) -> None:
+    """Poll the repository: a new current version (a publication, an admin's activation) is hot-loaded.
+
+    Polling a shared folder works the same on one host, a shared volume or NFS, where file
+    notifications do not cross hosts."""
+    if interval <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(registry.refresh)
+        except Exception:  # a flaky shared volume must not stop the watcher
+            logger.exception("model refresh failed; serving what is loaded")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -35,10 +54,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
         registry = ModelRegistry(ModelRepository(settings.model_repository), _device(settings.device), settings.models)
-        registry.load_all()
+        registry.refresh()
         app.state.registry = registry
+        app.state.job_store = JobStore(settings.job_store)
         logger.info("serving %s", {n: m.version for n, m in registry.models.items()})
-        yield
+        watcher = asyncio.create_task(_watch(registry, settings.reload_interval_s))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            app.state.job_store.engine.dispose()
 
     app = FastAPI(
         title="pixelserve",

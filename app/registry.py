@@ -1,8 +1,15 @@
-"""The models this process serves, loaded from the repository at start-up."""
+"""The models this process serves: loaded at start-up, hot-swapped when the repository moves on.
+
+A swap replaces one dict entry, so a request that already holds the old model finishes with it
+and names its version; the next request gets the new one. A version that fails to load, its
+SHA-256 check or its smoke prediction is refused: the old one keeps serving and the refusal is
+kept in `errors` (shown by GET /models/{name}) until a later version loads.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -20,25 +27,41 @@ class ModelRegistry:
     device: torch.device
     wanted: list[str] | None = None  # None: every model in the repository
     models: dict[str, LoadedModel] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)  # name -> why it is not served
+    errors: dict[str, str] = field(default_factory=dict)  # name -> why it (or its newest version) is not served
+    refused: set[tuple[str, str]] = field(default_factory=set)  # (name, version) not to retry
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def expected_names(self) -> list[str]:
         return list(self.wanted) if self.wanted is not None else self.repository.model_names()
 
-    def load_all(self) -> None:
+    def refresh(self) -> list[str]:
+        """Load every model whose current version differs from the served one; returns what changed."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> list[str]:
+        changed = []
         for name in self.expected_names():
             version = self.repository.current_version(name)
             if version is None:
-                self.errors[name] = f"no version of {name!r} in {self.repository.root}"
-                logger.error("model %s: %s", name, self.errors[name])
+                if name not in self.models:
+                    self.errors[name] = f"no version of {name!r} in {self.repository.root}"
+                continue
+            served = self.models.get(name)
+            if (served is not None and served.version == version) or (name, version) in self.refused:
                 continue
             try:
                 self.models[name] = load_model(self.repository.artifact_path(name, version), self.device)
-                self.errors.pop(name, None)
-                logger.info("model %s version %s loaded", name, version)
             except ArtifactError as exc:
-                self.errors[name] = str(exc)
-                logger.error("model %s version %s refused: %s", name, version, exc)
+                self.refused.add((name, version))
+                self.errors[name] = f"version {version} refused: {exc}"
+                logger.error("model %s version %s refused, %s: %s", name, version,
+                             f"still serving {served.version}" if served else "nothing served", exc)  # fmt: skip
+                continue
+            self.errors.pop(name, None)
+            changed.append(name)
+            logger.info("model %s version %s loaded%s", name, version, f" (was {served.version})" if served else "")
+        return changed
 
     @property
     def ready(self) -> bool:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -22,6 +22,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest accepted request body")
     max_image_pixels: int = Field(40_000_000, ge=784, description="largest accepted image, width x height")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    reload_interval_s: float = Field(2.0, ge=0, description="how often to look for a new current version; 0: never")
+    admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes; unset: they refuse")
+    job_store_url: str | None = Field(
+        None, description="SQLAlchemy URL of the job store; default: SQLite file <model_repository>/.jobs.sqlite"
+    )
+    job_max_attempts: int = Field(1, ge=1, description="runs of a job whose worker died before it is `interrupted`")
+
+    @property
+    def job_store(self) -> str:
+        return self.job_store_url or f"sqlite:///{(self.model_repository / '.jobs.sqlite').resolve()}"
 
     @field_validator("models", mode="before")
     @classmethod
@@ -39,6 +49,11 @@ class Settings(BaseSettings):
         if not value.is_dir():
             raise ValueError(f"model repository {str(value)!r} is not a directory")
         return value
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,3 +75,30 @@ def encode(pixels: np.ndarray | Image.Image, fmt: str = "PNG", **options: object
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)
     return buffer.getvalue()
+
+
+POSTGRES_URL = os.environ.get("PIXELSERVE_TEST_POSTGRES_URL")  # e.g. postgresql+psycopg://u:p@127.0.0.1/db
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty job store: an SQLite file, or a new database on the test PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+        return
+    if not POSTGRES_URL:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide PostgreSQL: set PIXELSERVE_TEST_POSTGRES_URL (see .ci/run)")
+        pytest.skip("no PostgreSQL: set PIXELSERVE_TEST_POSTGRES_URL to run the job store against it")
+    from sqlalchemy import create_engine, text
+
+    name = f"pixelserve_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()

@@ -14,6 +14,7 @@ import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +117,19 @@ def write_artifact(scripted: torch.jit.ScriptModule, metadata: dict[str, Any], f
     return path
 
 
-def export_model(repository: Path, name: str, config: TrainConfig, data: LoadedDataset, result: TrainResult) -> Path:
-    """Publish the trained model as the next version of `name`; returns the version folder.
+def export_model(
+    repository: Path,
+    name: str,
+    config: TrainConfig,
+    data: LoadedDataset,
+    result: TrainResult,
+    validate: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write the trained model as the next version of `name`; returns the version folder.
 
-    Written under a temporary name, fsynced, then renamed: a reader never sees a half-written
-    version. Two exports racing for one number: the loser's rename fails and it takes the next.
+    Written under a temporary name, fsynced, checked by `validate` (which raises to refuse), then
+    renamed: a reader never sees a half-written version. Two exports racing for one number: the
+    loser's rename fails and it takes the next.
     """
     model_dir = repository / name
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -133,8 +142,10 @@ def export_model(repository: Path, name: str, config: TrainConfig, data: LoadedD
         staging = model_dir / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            write_artifact(scripted, build_metadata(name, version, config, data, result, sha256), staging)
+            staged = write_artifact(scripted, build_metadata(name, version, config, data, result, sha256), staging)
             _fsync_dir(staging)
+            if validate is not None:
+                validate(staged)
             target = model_dir / version
             if target.exists():
                 continue

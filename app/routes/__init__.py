@@ -2,9 +2,11 @@
 
 from fastapi import APIRouter
 
-from app.routes import health, models, predict
+from app.routes import health, models, predict, train, versions
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(models.router)
 api_router.include_router(predict.router)
+api_router.include_router(train.router)
+api_router.include_router(versions.router)

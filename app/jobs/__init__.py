@@ -1,0 +1,1 @@
+"""Training jobs: the shared job store (SQLite or PostgreSQL) and the publication protocol."""

@@ -1,0 +1,47 @@
+"""The job store's tables (SQLAlchemy Core), shared by the API and the training worker."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "interrupted",
+)
+FINISHED = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
+
+# Times are seconds since the epoch on the database's clock, never a host's: workers and replicas
+# on different machines then agree on when a lease ran out.
+jobs = Table(
+    "pixelserve_jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),  # increasing: newest first is id order
+    Column("idempotency_key", String(200), unique=True, nullable=True),
+    Column("model", String(100), nullable=False),
+    Column("request", JSON, nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("worker_id", String(200), nullable=True),
+    Column("lease_expires_at", Float, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("progress", JSON, nullable=True),
+    Column("metrics", JSON, nullable=False),
+    Column("version", String(20), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+)
+
+# One row per model: publishers and admins lock it to move the model's CURRENT pointer.
+model_locks = Table(
+    "pixelserve_model_locks",
+    metadata,
+    Column("model", String(100), primary_key=True),
+)

@@ -1,0 +1,55 @@
+"""Admin: choose the version a model serves (pin, roll back). Every replica follows within its poll interval."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends
+from starlette.concurrency import run_in_threadpool
+
+from app.artifacts import ArtifactError, load_model
+from app.deps import JobStoreDep, RegistryDep, require_admin
+from app.errors import Conflict, Forbidden, Unauthorized, VersionNotFound, responses
+from app.jobs.models import ActivateRequest, Activation
+
+router = APIRouter(
+    prefix="/models",
+    tags=["admin: versions"],
+    dependencies=[Depends(require_admin)],
+    responses=responses(Unauthorized, Forbidden),
+)
+
+
+@router.post(
+    "/{name}/versions/{version}/activate",
+    response_model=Activation,
+    responses=responses(VersionNotFound, Conflict),
+)
+async def activate_version(
+    name: str,
+    version: str,
+    registry: RegistryDep,
+    store: JobStoreDep,
+    body: Annotated[ActivateRequest | None, Body()] = None,
+) -> Activation:
+    """Make `version` the model's current version. Pinned (the default), later jobs publish without
+    taking over; `{"pin": false}` lets the next publication move on. The version is loaded and
+    checked here first, so a broken one is never pointed at."""
+    repository = registry.repository
+    if version not in repository.versions(name):
+        known = ", ".join(repository.versions(name)) or "none"
+        raise VersionNotFound(f"model {name!r} has no version {version!r}; versions: {known}")
+    try:
+        await run_in_threadpool(load_model, repository.artifact_path(name, version), registry.device)
+    except ArtifactError as exc:
+        raise Conflict(f"version {version} cannot be served: {exc}") from None
+    pin = body.pin if body is not None else True
+
+    def switch() -> None:
+        with store.model_lock(name):
+            repository.write_pointer(name, version, pinned=pin)
+
+    await run_in_threadpool(switch)
+    registry.refused.discard((name, version))
+    await run_in_threadpool(registry.refresh)  # this replica at once; the others at their next poll
+    return Activation(model=name, version=version, pinned=pin)

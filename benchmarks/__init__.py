@@ -1,0 +1,1 @@
+"""Serving benchmarks: `python -m benchmarks.serve` (needs `wrk` on PATH)."""
