@@ -86,6 +86,9 @@ def _load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModul
 def load_model(path: Path, device: torch.device) -> LoadedModel:
     """Load, verify (weights SHA-256, a smoke prediction) and wrap one artifact."""
     metadata = read_metadata(path)
+    folder = path.parent.name
+    if folder.isdigit() and str(metadata["version"]) != folder:
+        raise ArtifactError(f"{path}: metadata says version {metadata['version']}, the folder says {folder}")
     try:
         module = _load_torchscript(path, device)
     except RuntimeError as exc:

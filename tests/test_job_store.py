@@ -90,7 +90,7 @@ def test_cancel_queued_and_running(store_url: str) -> None:
 
 
 def test_model_lock_serialises_writers(store_url: str) -> None:
-    store = JobStore(store_url)
+    JobStore(store_url)  # schema first, so the writers only contend for the lock
     inside, overlaps = [0], [0]
 
     def writer() -> None:

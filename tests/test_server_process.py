@@ -3,53 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, encode
+from tests.conftest import encode
 from tests.images import draw_digit
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port)]
-    return subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+from tests.processes import free_port, replicas, start_replica
 
 
 @pytest.fixture()
-def server(tiny_repository: Path) -> Iterator[str]:
-    port = free_port()
-    process = start_server({"PIXELSERVE_MODEL_REPOSITORY": str(tiny_repository)}, port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("server did not become ready")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+def server(tiny_repository: Path, tmp_path: Path) -> Iterator[str]:
+    with replicas({"PIXELSERVE_MODEL_REPOSITORY": str(tiny_repository)}, 1, tmp_path) as urls:
+        yield urls[0]
 
 
 def test_real_server_serves_and_handles_concurrency(server: str) -> None:
@@ -73,7 +41,7 @@ def test_real_server_serves_and_handles_concurrency(server: str) -> None:
 
 
 def test_bad_setting_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
-    process = start_server({"PIXELSERVE_MODEL_REPOSITORY": str(tmp_path / "absent")}, free_port())
+    process = start_replica({"PIXELSERVE_MODEL_REPOSITORY": str(tmp_path / "absent")}, free_port())
     output, _ = process.communicate(timeout=60)
     assert process.returncode != 0
     assert b"model_repository" in output and b"is not a directory" in output

@@ -1,0 +1,81 @@
+"""Real processes for end-to-end tests: uvicorn replicas, training workers, the admin script."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    output = log.open("wb") if log else subprocess.PIPE
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT
+    )
+
+
+def start_replica(env: dict[str, str], port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
+    return spawn(["-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port)], env, log)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def replicas(env: dict[str, str], count: int, logs: Path) -> Iterator[list[str]]:
+    started = [(free_port(), i) for i in range(count)]
+    processes = [start_replica(env, port, logs / f"replica-{i}.log") for port, i in started]
+    urls = [f"http://127.0.0.1:{port}" for port, _ in started]
+    try:
+        for url, process in zip(urls, processes, strict=True):
+            wait_ready(url, process)
+        yield urls
+    finally:
+        for process in processes:
+            stop(process)
+
+
+def wait_for(predicate: object, timeout: float, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met within {timeout} s")
