@@ -21,6 +21,7 @@ _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}
 # Huge photos are shrunk to this side before the recipe: it bounds the work per request, and the
 # recipe ends at 28x28 anyway.
 WORKING_SIDE = 512
+_ORIENTATION = 0x0112  # EXIF tag
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -46,6 +47,8 @@ def _load_pixels(image: Image.Image) -> Image.Image:
     try:
         image.seek(0)
         image.load()
+        if image.getexif().get(_ORIENTATION, 1) == 1:
+            return image
         upright = ImageOps.exif_transpose(image)
         return upright if upright is not None else image
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -73,7 +76,8 @@ def _gray_and_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         return np.clip(values / scale, 0.0, 1.0), None
     if mode not in ("L", "1", "P", "RGB"):
         image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0, None
+    luminance = image if image.mode == "L" else image.convert("L")
+    return np.asarray(luminance, dtype=np.float32) / 255.0, None
 
 
 def _shrink(gray: np.ndarray) -> np.ndarray:
@@ -86,8 +90,14 @@ def _shrink(gray: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(gray, mode="F").resize(size, Image.Resampling.BOX), dtype=np.float32)
 
 
-def _border(gray: np.ndarray) -> np.ndarray:
-    return np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
+def border_stats(gray: np.ndarray) -> tuple[float, float]:
+    """Median of the outermost pixels, and their median absolute deviation (the noise level)."""
+    border = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
+    low, high = float(border.min()), float(border.max())
+    if low == high:  # a clean background, the common case: no sorting needed
+        return low, 0.0
+    median = float(np.median(border))
+    return median, float(np.median(np.abs(border - median)))
 
 
 def decode_light_on_dark(data: bytes, max_pixels: int) -> np.ndarray:
@@ -102,7 +112,7 @@ def decode_light_on_dark(data: bytes, max_pixels: int) -> np.ndarray:
         gray = gray * alpha + background * (1.0 - alpha)
     gray = _shrink(gray)
     # The datasets are light on dark: a digit on paper or a product on white is inverted.
-    if float(np.median(_border(gray))) > 0.5:
-        gray = 1.0 - gray
-    background = float(np.median(_border(gray)))
+    background, _ = border_stats(gray)
+    if background > 0.5:
+        gray, background = 1.0 - gray, 1.0 - background
     return np.clip(gray - background, 0.0, 1.0) if background > 0 else gray

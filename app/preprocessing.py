@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from app.errors import InvalidImage
+from app.imaging import border_stats
 
 SIDE = 28
 DIGIT_BOX = 20
@@ -23,8 +24,7 @@ RECIPES = ("digit", "garment")
 
 def _ink_box(gray: np.ndarray) -> tuple[int, int, int, int]:
     """Bounding box (top, bottom, left, right; exclusive ends) of what stands above the noise."""
-    border = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
-    spread = float(np.median(np.abs(border - np.median(border))))
+    _, spread = border_stats(gray)
     threshold = max(0.002, 4.5 * spread, 0.1 * float(gray.max()) if spread > 0 else 0.0)
     mask = gray > threshold
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -62,9 +62,10 @@ def _stretch(patch: np.ndarray) -> np.ndarray:
 def digit_recipe(gray: np.ndarray) -> np.ndarray:
     top, bottom, left, right = _ink_box(gray)
     patch = _stretch(_fit(gray[top:bottom, left:right], DIGIT_BOX))
-    ys, xs = np.indices(patch.shape)
+    height, width = patch.shape
     mass = float(patch.sum())
-    com_y, com_x = float((ys * patch).sum()) / mass, float((xs * patch).sum()) / mass
+    com_y = float(patch.sum(axis=1) @ np.arange(height, dtype=np.float32)) / mass
+    com_x = float(patch.sum(axis=0) @ np.arange(width, dtype=np.float32)) / mass
     canvas = np.zeros((SIDE, SIDE), dtype=np.float32)
     _paste(canvas, patch, round(SIDE / 2 - com_y), round(SIDE / 2 - com_x))
     return canvas

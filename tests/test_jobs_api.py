@@ -94,7 +94,7 @@ def test_idempotency_key(admin: TestClient) -> None:
 @pytest.mark.parametrize(
     "change,needle",
     [
-        ({"architecture": "resnet"}, "'cnn5', 'fashion_cnn', 'fashion_dnn', 'mlp' or 'mnist_cnn'"),
+        ({"architecture": "resnet"}, "'cnn5', 'fashion_cnn', 'fashion_dnn', 'fashion_vgg', 'mlp' or 'mnist_cnn'"),
         ({"dataset": "cifar"}, "'fashion-mnist' or 'mnist'"),
         ({"epochs": 0}, "epochs"),
         ({"epochs": 1000}, "epochs"),

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 from training.config import TrainConfig
 from training.data import DATASETS, load_dataset
@@ -67,7 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     config, args = parse_args(argv)
     data = load_dataset(config.dataset, config.data_dir, args.download_root)
     result = train(config, data, progress=args.progress)
-    folder = export_model(args.repository, config.model_name, config, data, result)
+    try:
+        folder = export_model(args.repository, config.model_name, config, data, result)
+    except Exception:
+        # Hours of training are not lost to an export error: keep the weights to export again.
+        checkpoint = args.repository / config.model_name / f".checkpoint-{int(time.time())}.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(result.model.state_dict(), checkpoint)
+        print(f"export failed; trained weights saved to {checkpoint}", file=sys.stderr)
+        raise
     print(f"test accuracy {result.evaluation.accuracy:.4%}; published {folder}")
     return 0
 

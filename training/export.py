@@ -52,11 +52,18 @@ def weights_sha256(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def script_module(module: nn.Module) -> torch.jit.ScriptModule:
+def to_torchscript(module: nn.Module) -> torch.jit.ScriptModule:
+    """Trace rather than script: tracing needs no Python source (a long-running worker whose code
+    was upgraded on disk still exports), and these networks have no data-dependent control flow.
+    The trace is checked against eager on another batch size."""
+    module = module.eval()
     with warnings.catch_warnings():
         # torch 2.14 deprecates TorchScript; the artifact format still asks for it (see README).
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
-        return torch.jit.script(module)
+        traced: torch.jit.ScriptModule = torch.jit.trace(  # type: ignore[no-untyped-call]
+            module, torch.rand(2, 1, 28, 28), check_inputs=[(torch.rand(5, 1, 28, 28),)]
+        )
+    return traced
 
 
 def build_metadata(
@@ -134,7 +141,7 @@ def export_model(
     model_dir = repository / name
     model_dir.mkdir(parents=True, exist_ok=True)
     served = ServedModel(result.model).eval()
-    scripted = script_module(served)
+    scripted = to_torchscript(served)
     sha256 = weights_sha256(served)
     for _attempt in range(100):
         versions = existing_versions(model_dir)

@@ -93,3 +93,23 @@ def mlp(num_classes: int) -> nn.Module:
         nn.Linear(512, 256), nn.Sigmoid(),
         nn.Linear(256, num_classes),
     )  # fmt: skip
+
+
+@register("fashion_vgg")
+def fashion_vgg(num_classes: int) -> nn.Module:
+    """Ours, not a tutorial's: two VGG blocks of two 3x3 convolutions, about the compute of fashion_cnn."""
+
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [
+            nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]  # fmt: skip
+
+    return nn.Sequential(
+        *block(1, 16),  # [N, 16, 14, 14]
+        *block(16, 32),  # [N, 32, 7, 7]
+        nn.Flatten(),  # [N, 1568]
+        nn.Dropout(0.25), nn.Linear(32 * 7 * 7, 128), nn.ReLU(),
+        nn.Dropout(0.25), nn.Linear(128, num_classes),
+    )  # fmt: skip

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # The worker's registries (training.networks, training.data) own these names; app/ must not import
 # training/, so they are repeated here and a test keeps the two lists equal.
-Architecture = Literal["cnn5", "fashion_cnn", "fashion_dnn", "mlp", "mnist_cnn"]
+Architecture = Literal["cnn5", "fashion_cnn", "fashion_dnn", "fashion_vgg", "mlp", "mnist_cnn"]
 DatasetName = Literal["fashion-mnist", "mnist"]
 
 
