@@ -6,13 +6,23 @@ import argparse
 
 import uvicorn
 
+from app.settings import Settings
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="pixelserve", description="Serve the model repository over HTTP.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
-    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port)
+    settings = Settings()
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        log_level=settings.log_level,
+    )
 
 
 if __name__ == "__main__":

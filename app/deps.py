@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from app.drain import Drainer
 from app.errors import Forbidden, Unauthorized
 from app.jobs.store import JobStore
 from app.registry import ModelRegistry
@@ -23,7 +24,13 @@ def get_registry(request: Request) -> ModelRegistry:
     return registry
 
 
+def get_drainer(request: Request) -> Drainer:
+    drainer: Drainer = request.app.state.drainer
+    return drainer
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+DrainerDep = Annotated[Drainer, Depends(get_drainer)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 
 

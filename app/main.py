@@ -12,6 +12,7 @@ import torch
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from app.drain import Drainer
 from app.errors import install_error_handlers
 from app.jobs.store import JobStore
 from app.limits import BodySizeLimit
@@ -59,9 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.job_store = JobStore(settings.job_store)
         logger.info("serving %s", {n: m.version for n, m in registry.models.items()})
         watcher = asyncio.create_task(_watch(registry, settings.reload_interval_s))
+        app.state.drainer.install()
         try:
             yield
         finally:
+            app.state.drainer.uninstall()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
@@ -74,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.drainer = Drainer(settings.drain_s)
     install_error_handlers(app)
     app.include_router(api_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     job_store_url: str | None = Field(
         None, description="SQLAlchemy URL of the job store; default: SQLite file <model_repository>/.jobs.sqlite"
     )
+    drain_s: float = Field(0.0, ge=0, le=600, description="after SIGTERM: seconds not-ready but serving")
+    shutdown_grace_s: float = Field(30.0, gt=0, description="then: longest wait for in-flight requests")
     job_max_attempts: int = Field(1, ge=1, description="runs of a job whose worker died before it is `interrupted`")
 
     @property

@@ -151,6 +151,6 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
     assert len(bomb) < 100_000
     with pytest.raises(ImageTooLarge, match="8000x8000 pixels; the limit is 40000000"):
         preprocess(bomb, "digit", LIMIT)
-    # Past Pillow's own guard (89 megapixels), its refusal is a 413 too, even with a higher limit of ours.
+    # Past Pillow's own guard (2 x 89 megapixels), its refusal is a 413 too, even with a higher limit of ours.
     with pytest.raises(ImageTooLarge, match="decompression bomb"):
         preprocess(encode(Image.new("1", (20000, 20000), 0)), "digit", 10**9)

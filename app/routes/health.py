@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from app.deps import RegistryDep
+from app.deps import DrainerDep, RegistryDep
 from app.errors import NotReady, responses
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -23,9 +23,11 @@ def live() -> Health:
 
 
 @router.get("/ready", response_model=Health, responses=responses(NotReady))
-def ready(registry: RegistryDep) -> Health:
-    """200 once every configured model is loaded, 503 before (or when one failed to load)."""
+def ready(registry: RegistryDep, drainer: DrainerDep) -> Health:
+    """200 once every configured model is loaded; 503 before, when one failed to load, or while draining."""
     models = {name: model.version for name, model in registry.models.items()}
+    if drainer.draining.is_set():
+        raise NotReady("draining: shutting down after SIGTERM")
     if not registry.ready:
         missing = [name for name in registry.expected_names() if name not in registry.models]
         detail = "; ".join(f"{n}: {registry.errors.get(n, 'loading')}" for n in missing) or "no models configured"
