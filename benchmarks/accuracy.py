@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="1 epoch on 4096 images: checks the script")
     parser.add_argument("--only", nargs="*", help="architectures to run (default: all)")
+    parser.add_argument("--results-dir", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
 
     results = []
@@ -104,7 +105,7 @@ def main() -> None:
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text + "\n")
-    results_dir = Path("benchmarks/results")
+    results_dir = args.results_dir
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"accuracy-{stamp}.json").write_text(json.dumps(results, indent=1) + "\n")
 

@@ -71,6 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS], help="default: all")
     parser.add_argument("--samples", type=int, default=8, help="distinct test images rotated in the load")
     parser.add_argument("--quick", action="store_true", help="CI smoke: 2 s, concurrency 1, short ceiling")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the tables are written")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.concurrency = 2.0, [1]
@@ -153,13 +154,13 @@ def render(rows: list[Row], ceiling: Ceiling, environment: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(markdown: str, raw: dict[str, Any]) -> list[Path]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(folder: Path, markdown: str, raw: dict[str, Any]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     outputs = {
-        RESULTS / f"serve-{stamp}.md": markdown,
-        RESULTS / f"serve-{stamp}.json": json.dumps(raw, indent=2) + "\n",
-        RESULTS / "serve-latest.md": markdown,
+        folder / f"serve-{stamp}.md": markdown,
+        folder / f"serve-{stamp}.json": json.dumps(raw, indent=2) + "\n",
+        folder / "serve-latest.md": markdown,
     }
     for path, text in outputs.items():
         staging = path.with_suffix(path.suffix + ".tmp")
@@ -204,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print()
     print(markdown, end="")
-    for path in write_results(markdown, raw):
-        print(f"wrote {path.relative_to(ROOT)}")
+    for path in write_results(args.results_dir, markdown, raw):
+        print(f"wrote {path}")
     return 0
 
 
