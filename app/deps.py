@@ -35,7 +35,9 @@ RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 
 
 def get_job_store(request: Request) -> JobStore:
-    store: JobStore = request.app.state.job_store
+    store: JobStore | None = request.app.state.job_store
+    if store is None:  # only when no admin token is set, which require_admin refuses first
+        raise Forbidden("admin routes are disabled: the server has no PIXELSERVE_ADMIN_TOKEN")
     return store
 
 

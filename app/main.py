@@ -57,7 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = ModelRegistry(ModelRepository(settings.model_repository), _device(settings.device), settings.models)
         registry.refresh()
         app.state.registry = registry
-        app.state.job_store = JobStore(settings.job_store)
+        # Without an admin token the job routes refuse before touching the store: a serving-only
+        # replica (a read-only repository, say) opens no database at all.
+        app.state.job_store = JobStore(settings.job_store) if settings.admin_token else None
         logger.info("serving %s", {n: m.version for n, m in registry.models.items()})
         watcher = asyncio.create_task(_watch(registry, settings.reload_interval_s))
         app.state.drainer.install()
@@ -68,7 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            app.state.job_store.engine.dispose()
+            if app.state.job_store is not None:
+                app.state.job_store.engine.dispose()
 
     app = FastAPI(
         title="pixelserve",

@@ -58,6 +58,7 @@ class JobRun:
 
     def __init__(self, store: JobStore, settings: WorkerSettings, job: Job) -> None:
         self.store, self.settings, self.job = store, settings, job
+        self.config = self._config()
         self.progress: dict[str, Any] | None = None
         self.lost = threading.Event()
         self.cancelled = threading.Event()
@@ -80,8 +81,7 @@ class JobRun:
     def on_epoch(self, metrics: EpochMetrics) -> None:
         self.store.add_epoch(self.job["id"], self.settings.worker_id, vars(metrics))
 
-    @property
-    def config(self) -> TrainConfig:
+    def _config(self) -> TrainConfig:
         request = self.job["request"]
         keys = ("architecture", "dataset", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing",
                 "augment", "max_samples", "seed")  # fmt: skip
