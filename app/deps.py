@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -24,6 +25,11 @@ def get_registry(request: Request) -> ModelRegistry:
     return registry
 
 
+def get_executor(request: Request) -> ThreadPoolExecutor:
+    executor: ThreadPoolExecutor = request.app.state.executor
+    return executor
+
+
 def get_drainer(request: Request) -> Drainer:
     drainer: Drainer = request.app.state.drainer
     return drainer
@@ -31,6 +37,7 @@ def get_drainer(request: Request) -> Drainer:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DrainerDep = Annotated[Drainer, Depends(get_drainer)]
+ExecutorDep = Annotated[ThreadPoolExecutor, Depends(get_executor)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import torch
@@ -54,6 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
+        # A small pool of its own, not the default one of 40 threads: on a few cores, dozens of
+        # threads taking turns at the GIL cost more than they overlap.
+        app.state.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
         registry = ModelRegistry(ModelRepository(settings.model_repository), _device(settings.device), settings.models)
         registry.refresh()
         app.state.registry = registry
@@ -67,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.drainer.uninstall()
+            app.state.executor.shutdown(wait=True)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

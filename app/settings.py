@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     )
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per process")
+    inference_threads: int = Field(
+        1, ge=1, le=256, description="threads that decode, preprocess and run the model (off the event loop)"
+    )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest accepted request body")
     max_image_pixels: int = Field(40_000_000, ge=784, description="largest accepted image, width x height")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"

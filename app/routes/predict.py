@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from app.deps import RegistryDep, SettingsDep
+from app.deps import ExecutorDep, RegistryDep, SettingsDep
 from app.errors import (
     BodyTooLarge,
     ImageTooLarge,
@@ -71,6 +71,7 @@ async def predict(
     request: Request,
     registry: RegistryDep,
     settings: SettingsDep,
+    executor: ExecutorDep,
     top_k: Annotated[int | None, Query(ge=1, le=1000, description="also list the k likeliest classes")] = None,
 ) -> JSONResponse:
     """Classify one image: a multipart field `file`, or a raw body with an image/* content type.
@@ -80,5 +81,6 @@ async def predict(
     """
     model = registry.get(name)
     data = await read_upload(request)
-    prediction = await run_in_threadpool(classify, model, data, settings.max_image_pixels)
+    loop = asyncio.get_running_loop()
+    prediction = await loop.run_in_executor(executor, classify, model, data, settings.max_image_pixels)
     return JSONResponse(prediction.to_json(top_k))
