@@ -1,4 +1,8 @@
-"""Dependency aliases shared by the routers."""
+"""Dependency aliases shared by the routers.
+
+Every dependency is `async def`: they only read app state, and FastAPI runs a plain `def`
+dependency in its thread pool, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -15,22 +19,22 @@ from app.registry import ModelRegistry
 from app.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     registry: ModelRegistry = request.app.state.registry
     return registry
 
 
-def get_executor(request: Request) -> ThreadPoolExecutor:
+async def get_executor(request: Request) -> ThreadPoolExecutor:
     executor: ThreadPoolExecutor = request.app.state.executor
     return executor
 
 
-def get_drainer(request: Request) -> Drainer:
+async def get_drainer(request: Request) -> Drainer:
     drainer: Drainer = request.app.state.drainer
     return drainer
 
@@ -41,7 +45,7 @@ ExecutorDep = Annotated[ThreadPoolExecutor, Depends(get_executor)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 
 
-def get_job_store(request: Request) -> JobStore:
+async def get_job_store(request: Request) -> JobStore:
     store: JobStore | None = request.app.state.job_store
     if store is None:  # only when no admin token is set, which require_admin refuses first
         raise Forbidden("admin routes are disabled: the server has no PIXELSERVE_ADMIN_TOKEN")
@@ -51,7 +55,7 @@ def get_job_store(request: Request) -> JobStore:
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 
 
-def require_admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
     """Router-level guard of every admin route: a Bearer token equal to PIXELSERVE_ADMIN_TOKEN."""
     if settings.admin_token is None:
         raise Forbidden("admin routes are disabled: the server has no PIXELSERVE_ADMIN_TOKEN")

@@ -17,13 +17,13 @@ class Health(BaseModel):
 
 
 @router.get("/live", response_model=Health)
-def live() -> Health:
+async def live() -> Health:
     """200 while the process runs."""
     return Health(status="live")
 
 
 @router.get("/ready", response_model=Health, responses=responses(NotReady))
-def ready(registry: RegistryDep, drainer: DrainerDep) -> Health:
+async def ready(registry: RegistryDep, drainer: DrainerDep) -> Health:
     """200 once every configured model is loaded; 503 before, when one failed to load, or while draining."""
     models = {name: model.version for name, model in registry.models.items()}
     if drainer.draining.is_set():
