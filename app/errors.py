@@ -47,6 +47,13 @@ class InvalidImage(PixelserveError):
     code = "invalid_image"
 
 
+class MalformedUpload(PixelserveError):
+    """A multipart body that cannot be parsed, or with more than one file."""
+
+    status_code = 400
+    code = "malformed_request"
+
+
 class MissingUpload(PixelserveError):
     status_code = 422
     code = "missing_file"

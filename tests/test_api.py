@@ -98,6 +98,18 @@ def test_top_k(client: TestClient) -> None:
             422,
             "validation_error",
         ),
+        (
+            "/predict/mnist",
+            {"files": [("file", ("a.png", b"1", "image/png")), ("file", ("b.png", b"2", "image/png"))]},
+            400,
+            "malformed_request",
+        ),
+        (
+            "/predict/mnist",
+            {"data": {f"field{i}": "x" for i in range(9)}, "files": {"file": ("a.png", b"1", "image/png")}},
+            400,
+            "malformed_request",
+        ),
     ],
 )
 def test_error_statuses(client: TestClient, path: str, kwargs: dict[str, object], status: int, code: str) -> None:
@@ -134,7 +146,7 @@ def test_body_limit(tiny_repository: Path) -> None:
 def test_openapi_declares_every_status(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     predict = spec["paths"]["/predict/{name}"]["post"]
-    assert {"200", "404", "413", "415", "422"} <= set(predict["responses"])
+    assert {"200", "400", "404", "413", "415", "422"} <= set(predict["responses"])
     assert {"multipart/form-data", "image/*"} <= set(predict["requestBody"]["content"])
     assert "503" in spec["paths"]["/health/ready"]["get"]["responses"]
     assert "404" in spec["paths"]["/models/{name}"]["get"]["responses"]

@@ -8,12 +8,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.deps import ExecutorDep, RegistryDep, SettingsDep
 from app.errors import (
     BodyTooLarge,
     ImageTooLarge,
     InvalidImage,
+    MalformedUpload,
     MissingUpload,
     ModelNotFound,
     UnsupportedImage,
@@ -44,7 +46,10 @@ async def read_upload(request: Request) -> bytes:
     """The image bytes of a multipart `file` field or of a raw image/* body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=8)
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except StarletteHTTPException as exc:  # Starlette's own parse errors: unify them with ours
+            raise MalformedUpload(f"malformed multipart body: {exc.detail}") from None
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise MissingUpload("multipart field 'file' with an image is required")
@@ -64,7 +69,9 @@ async def read_upload(request: Request) -> bytes:
     "/{name}",
     response_model=PredictionBody,
     openapi_extra={"requestBody": _REQUEST_BODY},
-    responses=responses(ModelNotFound, BodyTooLarge, ImageTooLarge, UnsupportedImage, InvalidImage, MissingUpload),
+    responses=responses(
+        ModelNotFound, BodyTooLarge, ImageTooLarge, UnsupportedImage, InvalidImage, MissingUpload, MalformedUpload
+    ),
 )
 async def predict(
     name: str,
