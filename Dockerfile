@@ -20,10 +20,8 @@ WORKDIR /srv/pixelserve
 RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"} \
         "torch==${TORCH_VERSION}"
 COPY deploy/requirements.txt deploy/requirements.txt
-# hadolint ignore=DL3059
-RUN pip install ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"} -r deploy/requirements.txt
-
-RUN useradd --system --uid 10001 --home-dir /srv/pixelserve pixelserve
+RUN pip install ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"} -r deploy/requirements.txt \
+    && useradd --system --uid 10001 --home-dir /srv/pixelserve pixelserve
 COPY app app
 COPY training training
 COPY --chown=pixelserve:pixelserve models models
