@@ -1,12 +1,17 @@
-"""HTTP routers, one per resource, gathered once in `api_router`."""
+"""HTTP routers, one per resource, gathered once in `api_router`; admin routers behind one guard."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
+from app.deps import require_admin
+from app.errors import Forbidden, Unauthorized, responses
 from app.routes import health, models, predict, train, versions
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(models.router)
 api_router.include_router(predict.router)
-api_router.include_router(train.router)
-api_router.include_router(versions.router)
+
+for admin_router in (train.router, versions.router):
+    api_router.include_router(
+        admin_router, dependencies=[Depends(require_admin)], responses=responses(Unauthorized, Forbidden)
+    )

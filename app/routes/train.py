@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 
-from app.deps import JobStoreDep, SettingsDep, require_admin
-from app.errors import Conflict, Forbidden, JobNotFound, Unauthorized, responses
+from app.deps import JobStoreDep, SettingsDep
+from app.errors import Conflict, JobNotFound, responses
 from app.jobs.models import JobView, TrainRequest, job_view
 from app.jobs.schema import FINISHED
 
-router = APIRouter(
-    prefix="/train",
-    tags=["admin: training"],
-    dependencies=[Depends(require_admin)],
-    responses=responses(Unauthorized, Forbidden),
-)
+router = APIRouter(prefix="/train", tags=["admin: training"])  # admin-only: see app/routes/__init__.py
 
 
 @router.post(

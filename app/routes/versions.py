@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body
 from starlette.concurrency import run_in_threadpool
 
 from app.artifacts import ArtifactError, load_model
-from app.deps import JobStoreDep, RegistryDep, require_admin
-from app.errors import Conflict, Forbidden, Unauthorized, VersionNotFound, responses
+from app.deps import JobStoreDep, RegistryDep
+from app.errors import Conflict, VersionNotFound, responses
 from app.jobs.models import ActivateRequest, Activation
 
-router = APIRouter(
-    prefix="/models",
-    tags=["admin: versions"],
-    dependencies=[Depends(require_admin)],
-    responses=responses(Unauthorized, Forbidden),
-)
+router = APIRouter(prefix="/models", tags=["admin: versions"])  # admin-only: see app/routes/__init__.py
 
 
 @router.post(
