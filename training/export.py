@@ -8,7 +8,6 @@ dark), normalises them itself and returns class probabilities [N, C].
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from app.artifacts import weights_sha256  # one definition: the server recomputes exactly this
 from training.config import TrainConfig
 from training.data import LoadedDataset
 from training.loop import TrainResult
@@ -41,15 +41,6 @@ class ServedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, 1, 28, 28] -> [N, C]
         return torch.softmax(self.model(x), dim=1)
-
-
-def weights_sha256(module: nn.Module) -> str:
-    """SHA-256 over every parameter and buffer, in state_dict order (the server recomputes it)."""
-    digest = hashlib.sha256()
-    for key, tensor in module.state_dict().items():
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def to_torchscript(module: nn.Module) -> torch.jit.ScriptModule:
