@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import threading
 import uuid
 import warnings
 from collections.abc import Callable
@@ -30,6 +31,9 @@ ARTIFACT_FILE = "model.pt"
 METADATA_FILE = "metadata.json"
 FORMAT = "pixelserve.torchscript/1"
 _JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
+# The JIT tracer keeps global state (type mangling): two traces at once in one process can fail
+# its sanity check with "Graphs differed across invocations". Exports in threads take turns.
+_TRACE_LOCK = threading.Lock()
 
 
 class ServedModel(nn.Module):
@@ -48,7 +52,7 @@ def to_torchscript(module: nn.Module) -> torch.jit.ScriptModule:
     was upgraded on disk still exports), and these networks have no data-dependent control flow.
     The trace is checked against eager on another batch size."""
     module = module.eval()
-    with warnings.catch_warnings():
+    with _TRACE_LOCK, warnings.catch_warnings():
         # torch 2.14 deprecates TorchScript; the artifact format still asks for it (see README).
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
         traced: torch.jit.ScriptModule = torch.jit.trace(  # type: ignore[no-untyped-call]
