@@ -33,6 +33,8 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageTooLarge(f"image is too large to decode: {exc}") from None
     except UnidentifiedImageError:
         raise UnsupportedImage(f"not an image in a supported format; accepted: {', '.join(ACCEPTED_FORMATS)}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # a recognised header, then garbage
+        raise UnsupportedImage(f"image header could not be read: {exc}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"image has {width}x{height} pixels; the limit is {max_pixels} pixels")

@@ -135,6 +135,8 @@ def test_errors() -> None:
         preprocess(b"%PDF-1.4 not an image", "digit", LIMIT)
     with pytest.raises(UnsupportedImage):
         preprocess(encode(draw_digit(3))[:300], "digit", LIMIT)  # truncated PNG
+    with pytest.raises(UnsupportedImage):
+        preprocess(b"\x89PNG\r\n\x1a\n truncated", "digit", LIMIT)  # a PNG signature, then garbage
     with pytest.raises(UnsupportedImage):  # a real image in a format the service does not accept
         preprocess(encode(draw_digit(3), "PPM"), "digit", LIMIT)
     with pytest.raises(InvalidImage, match="blank"):
