@@ -7,11 +7,11 @@ dependency in its thread pool, a thread hop per dependency per request.
 from __future__ import annotations
 
 import secrets
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from app.batching import Batcher
 from app.drain import Drainer
 from app.errors import Forbidden, Unauthorized
 from app.jobs.store import JobStore
@@ -29,9 +29,9 @@ async def get_registry(request: Request) -> ModelRegistry:
     return registry
 
 
-async def get_executor(request: Request) -> ThreadPoolExecutor:
-    executor: ThreadPoolExecutor = request.app.state.executor
-    return executor
+async def get_batcher(request: Request) -> Batcher:
+    batcher: Batcher = request.app.state.batcher
+    return batcher
 
 
 async def get_drainer(request: Request) -> Drainer:
@@ -41,7 +41,7 @@ async def get_drainer(request: Request) -> Drainer:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DrainerDep = Annotated[Drainer, Depends(get_drainer)]
-ExecutorDep = Annotated[ThreadPoolExecutor, Depends(get_executor)]
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 
 

@@ -64,6 +64,13 @@ class ImageTooLarge(PixelserveError):
     code = "image_too_large"
 
 
+class TooManyImages(PixelserveError):
+    """More images in one request than PIXELSERVE_MAX_IMAGES_PER_REQUEST."""
+
+    status_code = 413
+    code = "too_many_images"
+
+
 class BodyTooLarge(PixelserveError):
     status_code = 413
     code = "body_too_large"

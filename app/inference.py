@@ -1,6 +1,6 @@
 """From upload bytes to class probabilities: decode, the model's recipe, one forward pass.
 
-Synchronous and CPU-bound: routes run it in a worker thread, never on the event loop.
+Synchronous and CPU-bound: the batching threads run it (app/batching.py), never the event loop.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from app.artifacts import LoadedModel
+from app.errors import PixelserveError
 from app.imaging import decode_light_on_dark
 from app.preprocessing import apply_recipe
 
@@ -65,7 +66,14 @@ def run_model(model: LoadedModel, pixels: np.ndarray) -> list[list[float]]:
     return normalised
 
 
-def classify(model: LoadedModel, data: bytes, max_pixels: int) -> Prediction:
-    pixels = preprocess(data, model.recipe, max_pixels)
-    probabilities = run_model(model, pixels[None])[0]
-    return Prediction(model.name, model.version, model.labels, probabilities)
+def prepare_uploads(images: list[bytes], recipe: str, max_pixels: int) -> np.ndarray:
+    """Each uploaded image through the recipe -> float32 [k, 28, 28]; an error names the bad file."""
+    pixels = np.empty((len(images), 28, 28), dtype=np.float32)
+    for position, data in enumerate(images):
+        try:
+            pixels[position] = preprocess(data, recipe, max_pixels)
+        except PixelserveError as exc:
+            if len(images) > 1:
+                exc.message = f"file {position + 1} of {len(images)}: {exc.message}"
+            raise
+    return pixels

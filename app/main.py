@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from app.batching import Batcher
 from app.drain import Drainer
 from app.errors import install_error_handlers
 from app.jobs.store import JobStore
@@ -55,9 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
-        # A small pool of its own, not the default one of 40 threads: on a few cores, dozens of
-        # threads taking turns at the GIL cost more than they overlap.
-        app.state.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="inference")
+        # A thread or two of its own, not Starlette's pool of 40: on a few cores, dozens of threads
+        # taking turns at the GIL cost more than they overlap (see README, "Threads").
+        app.state.batcher = Batcher(settings.batch_policy, threads=settings.inference_threads)
         registry = ModelRegistry(ModelRepository(settings.model_repository), _device(settings.device), settings.models)
         registry.refresh()
         app.state.registry = registry
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.drainer.uninstall()
-            app.state.executor.shutdown(wait=True)
+            app.state.batcher.close()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

@@ -30,7 +30,19 @@ class ModelSummary(BaseModel):
     error: str | None = Field(None, description="why the model is not served, if it is not")
 
 
+class BatchingInfo(BaseModel):
+    max_batch_size: int
+    max_delay_ms: float
+    requests: int = Field(description="predict requests of this process since start-up, all versions")
+    images: int
+    forward_passes: int
+    failed_requests: int = Field(description="requests whose images failed preprocessing")
+    mean_batch_size: float | None = Field(description="images per forward pass")
+    batch_sizes: dict[str, int] = Field(description="images per forward pass -> how many passes had that many")
+
+
 class ModelDetail(ModelSummary):
+    batching: BatchingInfo = Field(description="this process's batching policy and counters")
     version_details: list[VersionInfo]
     metadata: dict[str, Any] = Field(description="full metadata embedded in the served artifact")
 

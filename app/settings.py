@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int
+    max_delay_ms: float
+
+
+class BatchOverride(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int | None = Field(None, ge=1, le=4096)
+    max_delay_ms: float | None = Field(None, ge=0, le=1000)
 
 
 class Settings(BaseSettings):
@@ -20,8 +34,18 @@ class Settings(BaseSettings):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per process")
     inference_threads: int = Field(
-        1, ge=1, le=256, description="threads that decode, preprocess and run the model (off the event loop)"
+        1, ge=1, le=64, description="batching threads that decode, preprocess and run the model (off the event loop)"
     )
+    max_batch_size: int = Field(16, ge=1, le=4096, description="most images in one forward pass; 1: no batching")
+    max_delay_ms: float = Field(
+        2.0, ge=0, le=1000, description="longest wait for more requests after the first of a batch"
+    )
+    batching: Annotated[dict[str, BatchOverride], NoDecode] = Field(
+        default_factory=dict,
+        description='per-model overrides, JSON: {"fashion": {"max_batch_size": 32, "max_delay_ms": 1}}',
+    )
+    max_images_per_request: int = Field(64, ge=1, le=4096, description="most `file` parts in one predict request")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes of `python -m app`")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest accepted request body")
     max_image_pixels: int = Field(40_000_000, ge=784, description="largest accepted image, width x height")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
@@ -33,6 +57,15 @@ class Settings(BaseSettings):
     drain_s: float = Field(0.0, ge=0, le=600, description="after SIGTERM: seconds not-ready but serving")
     shutdown_grace_s: float = Field(30.0, gt=0, description="then: longest wait for in-flight requests")
     job_max_attempts: int = Field(1, ge=1, description="runs of a job whose worker died before it is `interrupted`")
+
+    def batch_policy(self, model: str) -> BatchPolicy:
+        override = self.batching.get(model)
+        return BatchPolicy(
+            max_batch_size=(override and override.max_batch_size) or self.max_batch_size,
+            max_delay_ms=self.max_delay_ms
+            if override is None or override.max_delay_ms is None
+            else override.max_delay_ms,
+        )
 
     @property
     def job_store(self) -> str:
@@ -47,6 +80,11 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [name.strip() for name in text.split(",") if name.strip()]
         return value
+
+    @field_validator("batching", mode="before")
+    @classmethod
+    def _parse_batching(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) else value
 
     @field_validator("model_repository")
     @classmethod

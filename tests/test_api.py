@@ -101,8 +101,8 @@ def test_top_k(client: TestClient) -> None:
         (
             "/predict/mnist",
             {"files": [("file", ("a.png", b"1", "image/png")), ("file", ("b.png", b"2", "image/png"))]},
-            400,
-            "malformed_request",
+            415,
+            "unsupported_media_type",
         ),
         (
             "/predict/mnist",

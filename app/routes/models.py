@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.artifacts import ArtifactError, read_metadata
-from app.deps import RegistryDep
+from app.batching import BatchCounters
+from app.deps import BatcherDep, RegistryDep
 from app.errors import ModelNotFound, responses
 from app.registry import ModelRegistry
-from app.schemas import ModelDetail, ModelSummary, VersionInfo
+from app.schemas import BatchingInfo, ModelDetail, ModelSummary, VersionInfo
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -47,14 +48,17 @@ def list_models(registry: RegistryDep) -> list[ModelSummary]:
 
 
 @router.get("/{name}", response_model=ModelDetail, responses=responses(ModelNotFound))
-def get_model(name: str, registry: RegistryDep) -> ModelDetail:
+def get_model(name: str, registry: RegistryDep, batcher: BatcherDep) -> ModelDetail:
     """One model: its served version, full metadata, and every version in the repository."""
     if name not in registry.models and name not in registry.expected_names():
         registry.get(name)  # raises the 404 naming the served models
     summary = _summary(registry, name)
     loaded = registry.models.get(name)
+    policy = batcher.policy(name)
+    counters = batcher.counters.get(name, BatchCounters()).to_json()
     return ModelDetail(
         **summary.model_dump(),
+        batching=BatchingInfo(max_batch_size=policy.max_batch_size, max_delay_ms=policy.max_delay_ms, **counters),
         version_details=[_version_info(registry, name, v) for v in summary.versions],
         metadata=loaded.metadata if loaded else {},
     )

@@ -1,8 +1,8 @@
-"""POST /predict/{model}: one uploaded image in, every class probability and the label out."""
+"""POST /predict/{model}: uploaded images in, every class probability and the label out."""
 
 from __future__ import annotations
 
-import asyncio
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.deps import ExecutorDep, RegistryDep, SettingsDep
+from app.deps import BatcherDep, RegistryDep, SettingsDep
 from app.errors import (
     BodyTooLarge,
     ImageTooLarge,
@@ -18,10 +18,11 @@ from app.errors import (
     MalformedUpload,
     MissingUpload,
     ModelNotFound,
+    TooManyImages,
     UnsupportedImage,
     responses,
 )
-from app.inference import classify
+from app.inference import Prediction, prepare_uploads
 from app.schemas import PredictionBody
 
 router = APIRouter(prefix="/predict", tags=["predict"])
@@ -33,7 +34,15 @@ _REQUEST_BODY: dict[str, Any] = {
             "schema": {
                 "type": "object",
                 "required": ["file"],
-                "properties": {"file": {"type": "string", "format": "binary"}},
+                "properties": {
+                    "file": {
+                        "oneOf": [
+                            {"type": "string", "format": "binary"},
+                            {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        ],
+                        "description": "one image, or several `file` parts: a list of answers in order",
+                    }
+                },
             }
         },
         "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -42,35 +51,48 @@ _REQUEST_BODY: dict[str, Any] = {
 }
 
 
-async def read_upload(request: Request) -> bytes:
-    """The image bytes of a multipart `file` field or of a raw image/* body."""
+async def read_uploads(request: Request, max_images: int) -> list[bytes]:
+    """The image bytes of each multipart `file` field, or of a raw image/* body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         try:
-            form = await request.form(max_files=1, max_fields=8)
+            form = await request.form(max_files=max_images + 1, max_fields=8)
         except StarletteHTTPException as exc:  # Starlette's own parse errors: unify them with ours
+            if "Too many files" in str(exc.detail):
+                raise TooManyImages(f"more than {max_images} images in one request") from None
             raise MalformedUpload(f"malformed multipart body: {exc.detail}") from None
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
+        uploads = [item for item in form.getlist("file") if isinstance(item, UploadFile)]
+        if not uploads:
             raise MissingUpload("multipart field 'file' with an image is required")
-        data = await upload.read()
+        if len(uploads) > max_images:
+            raise TooManyImages(f"{len(uploads)} images in one request; at most {max_images} are accepted")
+        images = [await upload.read() for upload in uploads]
     elif content_type.startswith("image/") or content_type == "application/octet-stream":
-        data = await request.body()
+        images = [await request.body()]
     elif content_type == "" and not await request.body():
         raise MissingUpload("no image: send a multipart field 'file' or a raw image/* body")
     else:
         raise UnsupportedImage(f"content type {content_type!r} is not accepted; send multipart/form-data or image/*")
-    if not data:
-        raise MissingUpload("the uploaded file is empty")
-    return data
+    for position, data in enumerate(images):
+        if not data:
+            where = f"file {position + 1} of {len(images)}" if len(images) > 1 else "the uploaded file"
+            raise MissingUpload(f"{where} is empty")
+    return images
 
 
 @router.post(
     "/{name}",
-    response_model=PredictionBody,
+    response_model=PredictionBody | list[PredictionBody],
     openapi_extra={"requestBody": _REQUEST_BODY},
     responses=responses(
-        ModelNotFound, BodyTooLarge, ImageTooLarge, UnsupportedImage, InvalidImage, MissingUpload, MalformedUpload
+        ModelNotFound,
+        BodyTooLarge,
+        ImageTooLarge,
+        TooManyImages,
+        UnsupportedImage,
+        InvalidImage,
+        MissingUpload,
+        MalformedUpload,
     ),
 )
 async def predict(
@@ -78,16 +100,24 @@ async def predict(
     request: Request,
     registry: RegistryDep,
     settings: SettingsDep,
-    executor: ExecutorDep,
+    batcher: BatcherDep,
     top_k: Annotated[int | None, Query(ge=1, le=1000, description="also list the k likeliest classes")] = None,
 ) -> JSONResponse:
-    """Classify one image: a multipart field `file`, or a raw body with an image/* content type.
+    """Classify images: multipart `file` fields, or one raw body with an image/* content type.
 
-    Accepts PNG, JPEG, GIF, BMP, WebP and TIFF of any size and mode; the model's own recipe
-    (digit or garment) turns it into the 28x28 input its dataset used.
+    One image answers one object; several `file` parts (at most PIXELSERVE_MAX_IMAGES_PER_REQUEST)
+    answer a list in the order they were sent. Accepts PNG, JPEG, GIF, BMP, WebP and TIFF of any
+    size and mode; the model's own recipe (digit or garment) turns each into the 28x28 input its
+    dataset used. Concurrent requests share forward passes (adaptive batching).
     """
     model = registry.get(name)
-    data = await read_upload(request)
-    loop = asyncio.get_running_loop()
-    prediction = await loop.run_in_executor(executor, classify, model, data, settings.max_image_pixels)
-    return JSONResponse(prediction.to_json(top_k))
+    batcher.arriving()
+    try:
+        images = await read_uploads(request, settings.max_images_per_request)
+        prepare = partial(prepare_uploads, images, model.recipe, settings.max_image_pixels)
+        answer = batcher.submit(model, prepare, len(images))
+    finally:
+        batcher.arrived()
+    rows = await answer
+    predictions = [Prediction(model.name, model.version, model.labels, row).to_json(top_k) for row in rows]
+    return JSONResponse(predictions[0] if len(images) == 1 else predictions)

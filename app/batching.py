@@ -1,0 +1,210 @@
+"""Adaptive batching: concurrent requests for one model version share one forward pass.
+
+A request becomes a work item: a `prepare` callable (decode + the model's recipe, or an OIP
+tensor's conversion) and a future. A small pool of inference threads (one by default) takes the
+oldest item, gathers the queued items of the same model *version* (never two versions in one
+batch) up to `max_batch_size` images, and waits for more at most `max_delay_ms` after the first,
+and only while other requests are still being received: at concurrency 1 nothing ever waits.
+It prepares each item on its own (a bad image fails only its own request), runs the model once,
+and resolves the futures of each event loop with one callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.artifacts import LoadedModel
+from app.inference import run_model
+from app.settings import BatchPolicy
+
+logger = logging.getLogger("pixelserve.batching")
+
+Probabilities = list[list[float]]  # [k, C] for one request's k images
+Prepare = Callable[[], np.ndarray]  # -> float32 [k, 28, 28] in [0, 1]; raises PixelserveError on bad input
+
+
+@dataclass
+class BatchCounters:
+    """What batching did for one model since start-up: GET /models/{name} shows it."""
+
+    requests: int = 0
+    images: int = 0
+    batches: int = 0
+    failed_requests: int = 0
+    sizes: Counter[int] = field(default_factory=Counter)  # images per forward pass -> passes
+
+    def record(self, requests: int, images: int, failed: int) -> None:
+        self.requests += requests
+        self.failed_requests += failed
+        if images:
+            self.images += images
+            self.batches += 1
+            self.sizes[images] += 1
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "requests": self.requests,
+            "images": self.images,
+            "forward_passes": self.batches,
+            "failed_requests": self.failed_requests,
+            "mean_batch_size": round(self.images / self.batches, 3) if self.batches else None,
+            "batch_sizes": {str(size): count for size, count in sorted(self.sizes.items())},
+        }
+
+
+@dataclass
+class _Work:
+    model: LoadedModel
+    prepare: Prepare
+    images: int  # how many images the request holds (known before decoding: one per file)
+    future: asyncio.Future[Probabilities]
+    loop: asyncio.AbstractEventLoop
+    enqueued: float
+    result: Probabilities | BaseException | None = None
+
+
+def _resolve(batch: list[_Work]) -> None:
+    """On the event loop: hand each request its answer (unless its client has gone)."""
+    for work in batch:
+        if work.future.done():
+            continue
+        if isinstance(work.result, BaseException):
+            work.future.set_exception(work.result)
+        else:
+            work.future.set_result(work.result or [])
+
+
+class Batcher:
+    def __init__(self, policy_for: Callable[[str], BatchPolicy], threads: int = 1) -> None:
+        self._policy_for = policy_for
+        self._queue: deque[_Work] = deque()
+        self._cond = threading.Condition()
+        self._arriving = 0  # requests being received: worth waiting for
+        self._waiting = False
+        self._closing = False
+        self.counters: dict[str, BatchCounters] = {}
+        self._counters_lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, name=f"inference-{i}", daemon=True) for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def policy(self, name: str) -> BatchPolicy:
+        return self._policy_for(name)
+
+    # -- event-loop side ------------------------------------------------------------------------
+
+    def arriving(self) -> None:
+        """A request started; its body is being read. Batches may wait for it."""
+        with self._cond:
+            self._arriving += 1
+
+    def arrived(self) -> None:
+        """The request that called arriving() has submitted (or failed before it could)."""
+        with self._cond:
+            self._arriving -= 1
+            if self._waiting and self._arriving == 0:
+                self._cond.notify_all()
+
+    def submit(self, model: LoadedModel, prepare: Prepare, images: int = 1) -> asyncio.Future[Probabilities]:
+        loop = asyncio.get_running_loop()
+        work = _Work(model, prepare, images, loop.create_future(), loop, time.monotonic())
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the batcher is shut down")
+            self._queue.append(work)
+            self._cond.notify()
+        return work.future
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the threads."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    # -- inference threads ----------------------------------------------------------------------
+
+    def _queued_images(self, model: LoadedModel) -> int:
+        return sum(work.images for work in self._queue if work.model is model)
+
+    def _next_batch(self) -> list[_Work] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            head = self._queue[0]
+            policy = self._policy_for(head.model.name)
+            deadline = head.enqueued + policy.max_delay_ms / 1000
+            while (
+                self._arriving > 0
+                and not self._closing
+                and self._queued_images(head.model) < policy.max_batch_size
+                and (remaining := deadline - time.monotonic()) > 0
+            ):
+                self._waiting = True
+                self._cond.wait(remaining)
+            self._waiting = False
+            batch: list[_Work] = []
+            rest: deque[_Work] = deque()
+            images = 0
+            for work in self._queue:
+                # Same model object = same version; a request bigger than a batch goes alone.
+                if work.model is head.model and (not batch or images + work.images <= policy.max_batch_size):
+                    batch.append(work)
+                    images += work.images
+                else:
+                    rest.append(work)
+            self._queue = rest
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            try:
+                self._execute(batch)
+            except BaseException as exc:  # never lose a request: whatever broke, each one hears of it
+                logger.exception("batch failed")
+                for work in batch:
+                    if work.result is None:
+                        work.result = exc
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Work]] = {}
+            for work in batch:
+                by_loop.setdefault(work.loop, []).append(work)
+            for loop, works in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting
+                    loop.call_soon_threadsafe(_resolve, works)
+
+    def _execute(self, batch: list[_Work]) -> None:
+        model = batch[0].model
+        ready: list[tuple[_Work, np.ndarray]] = []
+        for work in batch:
+            try:
+                pixels = work.prepare()  # [k, 28, 28]
+            except Exception as exc:  # its own 4xx (or 500); the rest of the batch goes on
+                work.result = exc
+                continue
+            ready.append((work, pixels))
+        images = sum(pixels.shape[0] for _, pixels in ready)
+        if ready:
+            stacked = ready[0][1] if len(ready) == 1 else np.concatenate([p for _, p in ready])  # [B, 28, 28]
+            probabilities = run_model(model, stacked)  # [B, C]
+            start = 0
+            for work, pixels in ready:
+                work.result = probabilities[start : start + pixels.shape[0]]
+                start += pixels.shape[0]
+        with self._counters_lock:
+            self.counters.setdefault(model.name, BatchCounters()).record(len(batch), images, len(batch) - len(ready))
+        if logger.isEnabledFor(logging.DEBUG):
+            waited_ms = (time.monotonic() - batch[0].enqueued) * 1000
+            logger.debug("batch model=%s version=%s requests=%d images=%d failed=%d oldest_ms=%.2f",
+                         model.name, model.version, len(batch), images, len(batch) - len(ready), waited_ms)  # fmt: skip
