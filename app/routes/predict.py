@@ -7,8 +7,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.deps import BatcherDep, RegistryDep, SettingsDep
 from app.errors import (
@@ -23,6 +21,7 @@ from app.errors import (
     responses,
 )
 from app.inference import Prediction, prepare_uploads
+from app.multipart import boundary_of, iter_parts
 from app.schemas import PredictionBody
 
 router = APIRouter(prefix="/predict", tags=["predict"])
@@ -51,22 +50,23 @@ _REQUEST_BODY: dict[str, Any] = {
 }
 
 
+MAX_OTHER_FIELDS = 8  # form fields other than `file`, ignored but bounded
+
+
 async def read_uploads(request: Request, max_images: int) -> list[bytes]:
     """The image bytes of each multipart `file` field, or of a raw image/* body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        try:
-            form = await request.form(max_files=max_images + 1, max_fields=8)
-        except StarletteHTTPException as exc:  # Starlette's own parse errors: unify them with ours
-            if "Too many files" in str(exc.detail):
-                raise TooManyImages(f"more than {max_images} images in one request") from None
-            raise MalformedUpload(f"malformed multipart body: {exc.detail}") from None
-        uploads = [item for item in form.getlist("file") if isinstance(item, UploadFile)]
-        if not uploads:
+        images, fields = [], 0
+        for part in iter_parts(await request.body(), boundary_of(request.headers["content-type"])):
+            if part.name == "file":
+                images.append(part.data)
+                if len(images) > max_images:
+                    raise TooManyImages(f"more than {max_images} images in one request")
+            elif (fields := fields + 1) > MAX_OTHER_FIELDS:
+                raise MalformedUpload(f"more than {MAX_OTHER_FIELDS} form fields besides 'file'")
+        if not images:
             raise MissingUpload("multipart field 'file' with an image is required")
-        if len(uploads) > max_images:
-            raise TooManyImages(f"{len(uploads)} images in one request; at most {max_images} are accepted")
-        images = [await upload.read() for upload in uploads]
     elif content_type.startswith("image/") or content_type == "application/octet-stream":
         images = [await request.body()]
     elif content_type == "" and not await request.body():
