@@ -20,6 +20,9 @@ def main() -> None:
         factory=True,
         host=args.host,
         port=args.port,
+        # Processes, each with its own event loop, batcher and copy of the models: on a CPU box,
+        # one per core gets past the GIL (see README, "Threads and processes").
+        workers=settings.workers,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         log_level=settings.log_level,
     )

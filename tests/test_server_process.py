@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import encode
 from tests.images import draw_digit
-from tests.processes import free_port, replicas, start_replica
+from tests.processes import free_port, replicas, spawn, start_replica, stop, wait_ready
 
 
 @pytest.fixture()
@@ -45,3 +45,23 @@ def test_bad_setting_stops_start_up_with_a_clear_message(tmp_path: Path) -> None
     output, _ = process.communicate(timeout=60)
     assert process.returncode != 0
     assert b"model_repository" in output and b"is not a directory" in output
+
+
+def test_python_m_app_with_two_worker_processes(tiny_repository: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {"PIXELSERVE_MODEL_REPOSITORY": str(tiny_repository), "PIXELSERVE_WORKERS": "2"}
+    process = spawn(["-m", "app", "--port", str(port)], env, tmp_path / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        workers = [child for child in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+        assert len(workers) >= 2  # the two workers (and possibly uvicorn's helper process)
+        image = encode(draw_digit(5))
+        with httpx.Client(base_url=url) as client:
+            answers = [
+                client.post("/predict/mnist", content=image, headers={"Content-Type": "image/png"}) for _ in range(8)
+            ]
+        assert all(a.status_code == 200 for a in answers) and len({a.json()["label"] for a in answers}) == 1
+    finally:
+        stop(process)
+    assert process.returncode == 0
