@@ -58,7 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # A thread or two of its own, not Starlette's pool of 40: on a few cores, dozens of threads
         # taking turns at the GIL cost more than they overlap (see README, "Threads").
         app.state.batcher = Batcher(settings.batch_policy, threads=settings.inference_threads)
-        registry = ModelRegistry(ModelRepository(settings.model_repository), _device(settings.device), settings.models)
+        registry = ModelRegistry(
+            ModelRepository(settings.model_repository), _device(settings.device), settings.models, settings.optimize
+        )
         registry.refresh()
         app.state.registry = registry
         # Without an admin token the job routes refuse before touching the store: a serving-only

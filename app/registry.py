@@ -16,6 +16,7 @@ import torch
 
 from app.artifacts import ArtifactError, LoadedModel, load_model
 from app.errors import ModelNotFound
+from app.optimize import optimized
 from app.repository import ModelRepository
 
 logger = logging.getLogger("pixelserve.registry")
@@ -26,6 +27,7 @@ class ModelRegistry:
     repository: ModelRepository
     device: torch.device
     wanted: list[str] | None = None  # None: every model in the repository
+    optimize: bool = True  # freeze + optimize_for_inference on CPU (app/optimize.py)
     models: dict[str, LoadedModel] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # name -> why it (or its newest version) is not served
     refused: set[tuple[str, str]] = field(default_factory=set)  # (name, version) not to retry
@@ -51,7 +53,8 @@ class ModelRegistry:
             if (served is not None and served.version == version) or (name, version) in self.refused:
                 continue
             try:
-                self.models[name] = load_model(self.repository.artifact_path(name, version), self.device)
+                loaded = load_model(self.repository.artifact_path(name, version), self.device)
+                self.models[name] = optimized(loaded) if self.optimize else loaded
             except ArtifactError as exc:
                 self.refused.add((name, version))
                 self.errors[name] = f"version {version} refused: {exc}"
