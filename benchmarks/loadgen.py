@@ -43,9 +43,10 @@ end
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    '%(marker)s{"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p90_us": %%d, "p99_us": %%d, ' ..
-    '"max_us": %%d, "mean_us": %%.1f, "connect": %%d, "read": %%d, "write": %%d, "status": %%d, "timeout": %%d}\\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    '%(marker)s{"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p90_us": %%d, "p95_us": %%d, ' ..
+    '"p99_us": %%d, "max_us": %%d, "mean_us": %%.1f, "connect": %%d, "read": %%d, "write": %%d, "status": %%d, ' ..
+    '"timeout": %%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90), latency:percentile(95),
     latency:percentile(99), latency.max, latency.mean, e.connect, e.read, e.write, e.status, e.timeout))
 end
 """
@@ -104,6 +105,7 @@ class WrkResult:
     seconds: float
     p50_ms: float
     p90_ms: float
+    p95_ms: float
     p99_ms: float
     max_ms: float
     mean_ms: float
@@ -137,6 +139,7 @@ def run_wrk(url: str, script: Path, connections: int, duration_s: float, timeout
         seconds=raw["duration_us"] / 1e6,
         p50_ms=raw["p50_us"] / 1e3,
         p90_ms=raw["p90_us"] / 1e3,
+        p95_ms=raw["p95_us"] / 1e3,
         p99_ms=raw["p99_us"] / 1e3,
         max_ms=raw["max_us"] / 1e3,
         mean_ms=raw["mean_us"] / 1e3,

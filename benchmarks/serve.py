@@ -1,10 +1,13 @@
-"""Serving benchmark: real servers under wrk, against the bare in-process ceiling.
+"""Serving benchmark: pixelserve and peer servers under wrk, against bare in-process ceilings.
 
-    .venv/bin/python -m benchmarks.serve [--duration 10] [--concurrency 1 32] [--model mnist] [--quick]
+    .venv/bin/python -m benchmarks.serve [--duration 10] [--concurrency 1 8 32 128] [--variants ...] [--quick]
 
-Each variant in `benchmarks.servers.VARIANTS` is started on a loopback port and loaded by wrk
-(1 thread, connections = concurrency) POSTing official MNIST test digits as multipart PNGs. The
-bare ceiling is decode + preprocess + forward in a loop, no HTTP, one torch thread.
+Each variant in `benchmarks.variants.VARIANTS` (pixelserve batched and unbatched, a plain FastAPI
+endpoint, LitServe, TorchServe: all on the same model.pt with pixelserve's preprocessing) is started
+on loopback ports and loaded by wrk (1 thread, connections = concurrency) POSTing official MNIST test
+digits as multipart PNGs. A peer that is not installed (benchmarks/requirements-peers.txt, Java for
+TorchServe) is skipped with a line saying so. The bare ceilings are decode + preprocess + forward in a
+loop, no HTTP, one torch thread: one image per forward, and batches of 16.
 Results: printed, and written to benchmarks/results/serve-<UTC>.md/.json and serve-latest.md.
 """
 
@@ -14,22 +17,21 @@ import argparse
 import json
 import os
 import signal
-import statistics
+import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from app.artifacts import load_model, read_metadata
-from app.inference import preprocess, run_model
+from app.artifacts import read_metadata
 from app.repository import ModelRepository
-from app.settings import Settings
+from benchmarks.ceiling import Ceiling, bare_ceiling
 from benchmarks.loadgen import (
     Sample,
     WrkResult,
@@ -40,11 +42,14 @@ from benchmarks.loadgen import (
     run_wrk,
     write_lua_script,
 )
-from benchmarks.servers import ROOT, VARIANTS, Server, rss_bytes, running
+from benchmarks.servers import ROOT, Server, Variant, pss_bytes, rss_bytes, running
+from benchmarks.variants import QUICK_VARIANTS, VARIANTS
 
 RESULTS = ROOT / "benchmarks" / "results"
 DATASETS_ROOT = ROOT.parent / "shared" / "datasets"
 MIB = 1024 * 1024
+CEILING_BATCH = 16
+SHARE_AT = 32  # concurrency whose share of the ceilings is listed under the table
 
 
 @dataclass(frozen=True)
@@ -53,51 +58,29 @@ class Row:
     concurrency: int
     wrk: WrkResult
     rss_mb: float
-
-
-@dataclass(frozen=True)
-class Ceiling:
-    images_per_s: float
-    repeats: list[float]
+    pss_mb: float
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per wrk run")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32], help="wrk connections, one run each")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128], help="wrk connections")
     parser.add_argument("--model", default="mnist", help="model name in the repository")
     parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository (default: models)")
     parser.add_argument("--data-dir", type=Path, help="IDX folder of test images (default: the model's dataset)")
     parser.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS], help="default: all")
     parser.add_argument("--samples", type=int, default=8, help="distinct test images rotated in the load")
-    parser.add_argument("--quick", action="store_true", help="CI smoke: 2 s, concurrency 1, short ceiling")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"CI smoke: 2 s, concurrency 1, short ceilings, {' + '.join(QUICK_VARIANTS)}",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the tables are written")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.concurrency = 2.0, [1]
+        args.variants = args.variants or list(QUICK_VARIANTS)
     return args
-
-
-def bare_ceiling(artifact: Path, samples: list[Sample], repeats: int, seconds: float) -> Ceiling:
-    """Images/s of decode + recipe + batch-of-1 forward, in this process, no HTTP."""
-    torch.set_num_threads(1)
-    model = load_model(artifact, torch.device("cpu"))
-    max_pixels: int = Settings.model_fields["max_image_pixels"].default
-    pngs = [sample.png for sample in samples]
-
-    def one_pass() -> None:
-        for png in pngs:
-            run_model(model, preprocess(png, model.recipe, max_pixels)[None])
-
-    one_pass()  # warm-up
-    rates = []
-    for _ in range(repeats):
-        done, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds:
-            one_pass()
-            done += len(pngs)
-        rates.append(done / elapsed)
-    return Ceiling(statistics.median(rates), rates)
 
 
 def smoke_check(server: Server, samples: list[Sample]) -> None:
@@ -112,45 +95,99 @@ def smoke_check(server: Server, samples: list[Sample]) -> None:
             raise RuntimeError(f"{server.variant.name}: bad answer {response.status} {body}")
 
 
-def run_variants(args: argparse.Namespace, context: dict[str, str], samples: list[Sample]) -> list[Row]:
-    rows = []
-    chosen = [v for v in VARIANTS if args.variants is None or v.name in args.variants]
+def chosen_variants(args: argparse.Namespace) -> tuple[list[Variant], dict[str, str]]:
+    """The variants to run, and the skipped ones with the reason (printed now, one line each)."""
+    runnable, skipped = [], {}
+    for variant in VARIANTS:
+        if args.variants is not None and variant.name not in args.variants:
+            continue
+        reason = variant.missing()
+        if reason is None:
+            runnable.append(variant)
+        else:
+            skipped[variant.name] = reason
+            print(f"  skipping {variant.name}: {reason}", flush=True)
+    return runnable, skipped
+
+
+def run_variants(
+    args: argparse.Namespace, variants: list[Variant], context: dict[str, str], samples: list[Sample]
+) -> tuple[list[Row], dict[str, str]]:
+    """Rows of every run, and the variants that failed (not started, bad answer, wrk error) with why."""
+    rows, failed = [], {}
     with tempfile.TemporaryDirectory(prefix="pixelserve-bench-") as scratch:
-        for variant in chosen:
+        for variant in variants:
             folder = Path(scratch) / variant.name
             folder.mkdir()
-            with running(variant, context, folder / "server.log") as server:
-                smoke_check(server, samples)
-                script = write_lua_script(folder, samples, server.predict_path)
-                for concurrency in args.concurrency:
-                    result = run_wrk(server.base_url, script, concurrency, args.duration)
-                    rows.append(Row(variant.name, concurrency, result, rss_bytes(server.process.pid) / MIB))
-                    print(f"  {variant.name} c={concurrency}: {result.requests_per_s:.1f} req/s", flush=True)
-    return rows
+            try:
+                with running(variant, context, folder) as server:
+                    smoke_check(server, samples)
+                    script = write_lua_script(folder, samples, server.predict_path)
+                    for concurrency in args.concurrency:
+                        result = run_wrk(server.base_url, script, concurrency, args.duration)
+                        pid = server.process.pid
+                        rows.append(Row(variant.name, concurrency, result, rss_bytes(pid) / MIB, pss_bytes(pid) / MIB))
+                        print(f"  {variant.name} c={concurrency}: {result.requests_per_s:.1f} req/s", flush=True)
+            except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:  # URLError is an OSError
+                failed[variant.name] = f"FAILED: {exc!r}"[:300]
+                print(f"  {variant.name} FAILED (the others go on): {exc}", flush=True)
+    return rows, failed
 
 
-def render(rows: list[Row], ceiling: Ceiling, environment: str) -> str:
+def _installed(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def environment_line(args: argparse.Namespace, model_version: str) -> str:
+    packages = ("uvicorn", "uvloop", "httptools", "litserve", "torchserve")
+    return (
+        f"Environment: {os.cpu_count()} CPUs, torch {torch.__version__}, torch threads 1 (harness and servers), "
+        f"load average {os.getloadavg()[0]:.2f}, model {args.model} v{model_version}, wrk 1 thread, "
+        f"{args.duration:g} s per run; " + ", ".join(f"{name} {_installed(name)}" for name in packages)
+    )
+
+
+def render(
+    rows: list[Row], ceilings: list[Ceiling], variants: list[Variant], skipped: dict[str, str], environment: str
+) -> str:
+    batched = ceilings[-1]
     lines = [
         environment,
         "",
-        "| server | concurrency | req/s | p50 ms | p99 ms | p99/p50 | errors (non-2xx/socket) | RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | concurrency | req/s | p50 ms | p95 ms | p99 ms | p99/p50 | errors (non-2xx/socket) "
+        "| RSS MB | PSS MB | of batched ceiling |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         w = row.wrk
         ratio = w.p99_ms / w.p50_ms if w.p50_ms > 0 else float("nan")
         lines.append(
-            f"| {row.server} | {row.concurrency} | {w.requests_per_s:.1f} | {w.p50_ms:.2f} | {w.p99_ms:.2f} "
-            f"| {ratio:.2f} | {w.non_2xx}/{w.socket_errors} | {row.rss_mb:.0f} |"
+            f"| {row.server} | {row.concurrency} | {w.requests_per_s:.1f} | {w.p50_ms:.2f} | {w.p95_ms:.2f} "
+            f"| {w.p99_ms:.2f} | {ratio:.2f} | {w.non_2xx}/{w.socket_errors} | {row.rss_mb:.0f} | {row.pss_mb:.0f} "
+            f"| {w.requests_per_s / batched.images_per_s:.2f} |"
         )
-    rates = ", ".join(f"{rate:.0f}" for rate in ceiling.repeats)
-    lines += ["", f"Bare ceiling (decode + preprocess + forward, no HTTP): {ceiling.images_per_s:.1f} images/s"]
-    lines.append(f"(median of {len(ceiling.repeats)} repeats: {rates})")
-    lines.append("")
-    for row in rows:
-        if row.server == "pixelserve":
-            share = row.wrk.requests_per_s / ceiling.images_per_s
-            lines.append(f"- pixelserve c={row.concurrency}: {share:.2f} of the bare ceiling")
+    lines += ["", "Bare ceilings (decode + preprocess + forward, no HTTP, one torch thread):"]
+    for ceiling in ceilings:
+        rates = ", ".join(f"{rate:.0f}" for rate in ceiling.repeats)
+        lines.append(
+            f"- batches of {ceiling.batch_size}: {ceiling.images_per_s:.1f} images/s "
+            f"(median of {len(ceiling.repeats)} repeats: {rates})"
+        )
+    at = SHARE_AT if any(row.concurrency == SHARE_AT for row in rows) else max((r.concurrency for r in rows), default=0)
+    lines += ["", f"Share of the ceilings at c={at} (batch of 1 / batched):"]
+    for row in (r for r in rows if r.concurrency == at):
+        shares = " / ".join(f"{row.wrk.requests_per_s / ceiling.images_per_s:.2f}" for ceiling in ceilings)
+        lines.append(f"- {row.server}: {shares}")
+    lines += [
+        "",
+        "Server settings (RSS and PSS: summed over the server's processes, its children included; "
+        "RSS counts pages shared by forked processes once per process, PSS splits them):",
+    ]
+    lines += [f"- {variant.name}: {variant.settings}" for variant in variants]
+    lines += [f"- {name}: not run, {reason}" for name, reason in skipped.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -174,40 +211,42 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers
     require_wrk()
     repository = args.repository.resolve()
-    version = ModelRepository(repository).current_version(args.model)
-    if version is None:
+    model_version = ModelRepository(repository).current_version(args.model)
+    if model_version is None:
         raise SystemExit(
             f"no version of {args.model!r} in {repository}: train one (python -m training ...) or pass --repository"
         )
-    artifact = ModelRepository(repository).artifact_path(args.model, version)
+    artifact = ModelRepository(repository).artifact_path(args.model, model_version)
     data_dir = args.data_dir or DATASETS_ROOT / str(read_metadata(artifact)["dataset"])
     samples = mnist_test_pngs(data_dir, args.samples)
     context = {"repository": str(repository), "model": args.model, "artifact": str(artifact)}
 
     torch.set_num_threads(1)
-    environment = (
-        f"Environment: {os.cpu_count()} CPUs, torch {torch.__version__}, torch threads {torch.get_num_threads()} "
-        f"(harness and servers), load average {os.getloadavg()[0]:.2f}, model {args.model} v{version}, "
-        f"wrk 1 thread, {args.duration:g} s per run"
-    )
+    environment = environment_line(args, model_version)
     print(environment, flush=True)
-    ceiling = bare_ceiling(artifact, samples, repeats=3 if args.quick else 5, seconds=0.5 if args.quick else 2.0)
-    print(f"  bare ceiling: {ceiling.images_per_s:.1f} images/s", flush=True)
-    rows = run_variants(args, context, samples)
+    variants, skipped = chosen_variants(args)
+    repeats, seconds = (3, 0.25) if args.quick else (5, 2.0)
+    ceilings = [bare_ceiling(artifact, samples, size, repeats, seconds) for size in (1, CEILING_BATCH)]
+    for ceiling in ceilings:
+        print(f"  bare ceiling, batches of {ceiling.batch_size}: {ceiling.images_per_s:.1f} images/s", flush=True)
+    rows, failed = run_variants(args, variants, context, samples)
 
-    markdown = render(rows, ceiling, environment)
+    markdown = render(rows, ceilings, variants, {**skipped, **failed}, environment)
     raw = {
-        "environment": {"cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": 1},
+        "environment": {"line": environment, "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": 1},
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "model": {"name": args.model, "version": version, "artifact": str(artifact)},
-        "ceiling": asdict(ceiling),
+        "model": {"name": args.model, "version": model_version, "artifact": str(artifact)},
+        "ceilings": [asdict(ceiling) for ceiling in ceilings],
+        "variants": {variant.name: variant.settings for variant in variants},
+        "skipped": skipped,
+        "failed": failed,
         "rows": [{**asdict(row), "requests_per_s": row.wrk.requests_per_s} for row in rows],
     }
     print()
     print(markdown, end="")
     for path in write_results(args.results_dir, markdown, raw):
         print(f"wrote {path}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Server variants under test, and running one as a subprocess on a free loopback port.
+"""Running one server variant as a subprocess on free loopback ports, and measuring its memory.
 
-To benchmark another server, add a `Variant` to `VARIANTS`. Its command, env values and paths
-are templates filled with: {python} (this interpreter), {port}, {repository} (the model
-repository, absolute), {model} (the model name) and {artifact} (that model's current model.pt).
+A `Variant` (the list is `benchmarks.variants.VARIANTS`) is a command line, env values and paths, all
+templates filled with: {python} (this interpreter), {root} (the repository root), {port} (the HTTP
+port), {repository} (the model repository, absolute), {model} (the model name), {artifact} (that
+model's current model.pt), {scratch} (a temporary folder of the variant's own) and one free port for
+each name in `extra_ports`. `prepare` may write files into {scratch} before the start (TorchServe's
+archive and config); `missing` says why a variant cannot run on this machine (then it is skipped).
 """
 
 from __future__ import annotations
@@ -15,16 +18,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 
-# Same uvicorn options for every variant; access logging is off so it does not weigh on the numbers.
-_UVICORN = ("{python}", "-m", "uvicorn", "--host", HOST, "--port", "{port}", "--no-access-log")
+
+def _nothing_missing() -> str | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -34,24 +38,10 @@ class Variant:
     ready_path: str
     predict_path: str
     env: Mapping[str, str] = field(default_factory=dict)
-
-
-VARIANTS: tuple[Variant, ...] = (
-    Variant(
-        name="pixelserve",
-        command=(*_UVICORN, "--factory", "app.main:create_app"),
-        env={"PIXELSERVE_MODEL_REPOSITORY": "{repository}"},
-        ready_path="/health/ready",
-        predict_path="/predict/{model}",
-    ),
-    Variant(
-        name="plain",
-        command=(*_UVICORN, "--factory", "benchmarks.plain_app:create_app"),
-        env={"PLAIN_MODEL": "{artifact}"},
-        ready_path="/health",
-        predict_path="/predict/{model}",
-    ),
-)
+    settings: str = ""  # batch size, delay, workers: a footnote of the results table
+    extra_ports: tuple[str, ...] = ()
+    missing: Callable[[], str | None] = _nothing_missing
+    prepare: Callable[[Path, Mapping[str, str]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,25 +58,73 @@ class Server:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports (all probes are held open until each has one)."""
+    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind((HOST, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def _descendants(pid: int) -> set[int]:
+    found = {pid}
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                found |= _descendants(int(child))
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return found
+
+
+def _group_members(pgid: int, zombies: bool = True) -> set[int]:
+    members = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and (zombies or fields[0] != "Z"):
+            members.add(int(stat.parent.name))
+    return members
+
+
+def server_processes(pid: int) -> set[int]:
+    """A process, all its descendants and the rest of its process group.
+
+    The group catches what left the tree (a daemon re-parented to init); the tree catches children
+    that started a group of their own. TorchServe: launcher + Java frontend + its Python workers.
+    """
+    return _descendants(pid) | _group_members(pid)
+
+
+def _summed_kib(pids: set[int], proc_file: str, key: str) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/{proc_file}").read_text().splitlines():
+                if line.startswith(key):
+                    total += int(line.split()[1]) * 1024
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass  # gone meanwhile
+    return total
 
 
 def rss_bytes(pid: int) -> int:
-    """VmRSS of a process plus all its descendants (0 for any that has gone)."""
-    total = 0
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                total += rss_bytes(int(child))
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return total
+    """VmRSS summed over `server_processes(pid)`: pages shared by forked processes count once per process."""
+    return _summed_kib(server_processes(pid), "status", "VmRSS:")
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size summed over `server_processes(pid)`: each shared page split among its sharers."""
+    return _summed_kib(server_processes(pid), "smaps_rollup", "Pss:")
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:
@@ -108,30 +146,38 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log_path: Path, time
     raise RuntimeError(f"server not ready at {url} within {timeout_s:g} s:\n{_log_tail(log_path)}")
 
 
-def _stop(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    """SIGTERM the server's process group (uvicorn shuts down gracefully), SIGKILL it if it lingers."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        process.wait()
+def _stop(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
+    """SIGTERM the server's whole process group, SIGKILL what is left of it after `grace_s`.
+
+    Waits for every member, not just the process started: TorchServe's launcher exits at once while
+    its Java frontend and Python workers shut down for seconds longer, and LitServe has worker processes.
+    """
+    pgid = process.pid  # start_new_session: the group's id is the leader's pid
+    with suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and (process.poll() is None or _group_members(pgid, zombies=False)):
+        time.sleep(0.1)
+    if process.poll() is None or _group_members(pgid, zombies=False):
+        with suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    process.wait()
 
 
 @contextmanager
 def running(
-    variant: Variant, context: Mapping[str, str], log_path: Path, ready_timeout_s: float = 90.0
+    variant: Variant, context: Mapping[str, str], scratch: Path, ready_timeout_s: float = 120.0
 ) -> Iterator[Server]:
-    """Start `variant` on a free port, wait for its ready path, and always stop it afterwards."""
-    port = free_port()
-    values = {**context, "python": sys.executable, "port": str(port)}
+    """Start `variant` on free ports, wait for its ready path, and always stop it afterwards."""
+    names = ("port", *variant.extra_ports)
+    ports = {name: str(port) for name, port in zip(names, free_ports(len(names)), strict=True)}
+    values = {**context, **ports, "python": sys.executable, "root": str(ROOT), "scratch": str(scratch)}
+    if variant.prepare is not None:
+        variant.prepare(scratch, values)
     argv = [part.format(**values) for part in variant.command]
     env = {**os.environ, **{key: value.format(**values) for key, value in variant.env.items()}}
-    base_url = f"http://{HOST}:{port}"
+    base_url = f"http://{HOST}:{ports['port']}"
+    log_path = scratch / "server.log"
     with log_path.open("wb") as log:
         # Own session/process group: a Ctrl-C reaches only this harness, which then stops the server.
         process = subprocess.Popen(
