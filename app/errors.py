@@ -151,3 +151,24 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Unauthorized, on_unauthorized)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+
+
+class InvalidInferenceRequest(PixelserveError):
+    """An inference request (Open Inference Protocol) whose JSON, tensors or binary data do not fit the model."""
+
+    status_code = 400
+    code = "invalid_inference_request"
+
+
+class ProbeNotReady(PixelserveError):
+    """Not ready, as the Open Inference Protocol's health probes say it: a 4xx status (Triton's 400)."""
+
+    status_code = 400
+    code = "not_ready"
+
+
+class UnsupportedContentEncoding(PixelserveError):
+    """A request body compressed other than gzip or deflate."""
+
+    status_code = 415
+    code = "unsupported_content_encoding"

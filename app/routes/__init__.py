@@ -5,11 +5,13 @@ from fastapi import APIRouter, Depends
 from app.deps import require_admin
 from app.errors import Forbidden, Unauthorized, responses
 from app.routes import health, models, predict, train, versions
+from app.routes.v2 import router as v2_router
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(models.router)
 api_router.include_router(predict.router)
+api_router.include_router(v2_router)
 
 for admin_router in (train.router, versions.router):
     api_router.include_router(
