@@ -1,14 +1,17 @@
-"""Loading model artifacts: one small interface, so a second format can join TorchScript later.
+"""Loading model artifacts: one small interface over two file formats, TorchScript and torch.export.
 
-The contract (written by `training/export.py`, read here without importing it):
-<repository>/<name>/<version>/model.pt, a TorchScript module taking raw pixels [N, 1, 28, 28]
-in [0, 1] and returning probabilities [N, C], with `metadata.json` embedded as an extra file.
+The contract (written by `training/export.py`, read here without importing it): a version folder
+<repository>/<name>/<version>/ holds `model.pt` (TorchScript) and, from the second format on,
+`model.pt2` (a `torch.export` program). Both take raw pixels [N, 1, 28, 28] in [0, 1] and return
+probabilities [N, C]; both embed the same `metadata.json` as an extra file. The format is told by
+the file's suffix; the rest of the app only ever sees a `LoadedModel`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -17,12 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.export.passes
 
 from app.preprocessing import RECIPES
 
 METADATA_FILE = "metadata.json"
+TORCHSCRIPT = "torchscript"
+TORCH_EXPORT = "torch.export"
+# Format -> file name inside a version folder. TorchScript first: it stays the default.
+ARTIFACT_FILES = {TORCHSCRIPT: "model.pt", TORCH_EXPORT: "model.pt2"}
+_SUFFIXES = {".pt": TORCHSCRIPT, ".pt2": TORCH_EXPORT}
 _JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
 REQUIRED_KEYS = ("name", "version", "architecture", "labels", "preprocessing", "weights_sha256")
+# torch.export keeps process-wide state: export patches nn.Module.__call__ for every thread, save
+# registers a global pickle reducer, load sets a module-level "current deserializer". Concurrent
+# calls fail ("_CURRENT_DESERIALIZER is already set") or trace each other, so in one process they
+# take turns; training's tracing and exporting hold this lock too. Serving forwards need no lock.
+TORCH_EXPORT_LOCK = threading.RLock()
 
 
 class ArtifactError(Exception):
@@ -46,9 +60,46 @@ class LoadedModel:
     def recipe(self) -> str:
         return str(self.metadata["preprocessing"])
 
+    @property
+    def format(self) -> str:
+        return artifact_format(self.path)
+
+
+def artifact_format(path: Path) -> str:
+    """`torchscript` for *.pt, `torch.export` for *.pt2."""
+    try:
+        return _SUFFIXES[path.suffix]
+    except KeyError:
+        raise ArtifactError(f"{path}: unknown artifact suffix; expected one of {', '.join(_SUFFIXES)}") from None
+
+
+def artifact_file(folder: Path, preferred: str = TORCHSCRIPT) -> Path:
+    """The file to serve from a version folder: the preferred format's, else any other present.
+
+    Falling back keeps a folder servable whatever the setting: old versions have only model.pt,
+    a folder may hold only model.pt2. Without any artifact, the preferred path (loading it then
+    fails with a message naming it).
+    """
+    if preferred not in ARTIFACT_FILES:
+        raise ValueError(f"unknown artifact format {preferred!r}; valid: {', '.join(ARTIFACT_FILES)}")
+    candidates = [preferred, *(f for f in ARTIFACT_FILES if f != preferred)]
+    for candidate in candidates:
+        path = folder / ARTIFACT_FILES[candidate]
+        if path.is_file():
+            return path
+    return folder / ARTIFACT_FILES[preferred]
+
+
+def has_artifact(folder: Path) -> bool:
+    """Whether a version folder holds a file of any format."""
+    return any((folder / name).is_file() for name in ARTIFACT_FILES.values())
+
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """Metadata of a TorchScript artifact, read from its zip without loading the network."""
+    """Metadata of an artifact of either format, read from its zip without loading the network.
+
+    Both torch.jit.save and torch.export.save write extra files as <archive>/extra/<name>.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             member = next(n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}"))
@@ -64,7 +115,11 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
 
 def weights_sha256(module: torch.nn.Module) -> str:
-    """The same digest training embeds: every parameter and buffer, in state_dict order."""
+    """The same digest training embeds: every parameter and buffer, in state_dict order.
+
+    Keys are those of training's ServedModel (`model.network.0.weight`, ...); a TorchScript trace
+    and a torch.export program's module() keep these names and this order, so one digest fits both.
+    """
     digest = hashlib.sha256()
     for key, tensor in module.state_dict().items():
         digest.update(key.encode())
@@ -72,9 +127,9 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule:
+def _load_torchscript(path: Path, device: torch.device) -> torch.nn.Module:
     with warnings.catch_warnings():
-        # torch 2.14 deprecates TorchScript; it stays this product's artifact format for now.
+        # torch 2.14 deprecates TorchScript; it stays this product's default format for now.
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
         module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
             str(path), map_location=device
@@ -83,21 +138,41 @@ def _load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModul
     return module
 
 
+def _load_exported(path: Path, device: torch.device) -> torch.nn.Module:
+    with TORCH_EXPORT_LOCK:
+        program = torch.export.load(path)
+        if device.type != "cpu":  # exported on the CPU; torch.export.load has no map_location
+            program = torch.export.passes.move_to_device_pass(program, device)
+        # No .eval(): the graph was captured in eval mode and the unlifted module refuses mode changes.
+        module: torch.nn.Module = program.module()
+    return module
+
+
+_LOADERS: dict[str, Callable[[Path, torch.device], torch.nn.Module]] = {
+    TORCHSCRIPT: _load_torchscript,
+    TORCH_EXPORT: _load_exported,
+}
+
+
 def load_model(path: Path, device: torch.device) -> LoadedModel:
-    """Load, verify (weights SHA-256, a smoke prediction) and wrap one artifact."""
+    """Load, verify (weights SHA-256, a smoke prediction) and wrap one artifact of either format."""
+    fmt = artifact_format(path)
     metadata = read_metadata(path)
     folder = path.parent.name
     if folder.isdigit() and str(metadata["version"]) != folder:
         raise ArtifactError(f"{path}: metadata says version {metadata['version']}, the folder says {folder}")
     try:
-        module = _load_torchscript(path, device)
-    except RuntimeError as exc:
-        raise ArtifactError(f"{path}: TorchScript load failed: {exc}") from exc
+        module = _LOADERS[fmt](path, device)
+    except Exception as exc:  # deserialisers raise many types; to callers each is a refused artifact
+        raise ArtifactError(f"{path}: {fmt} load failed: {exc}") from exc
     if weights_sha256(module) != metadata["weights_sha256"]:
         raise ArtifactError(f"{path}: weights do not match the SHA-256 in the metadata")
     num_classes = len(metadata["labels"])
-    with torch.inference_mode():
-        probe = module(torch.zeros(2, 1, 28, 28, device=device))
+    try:
+        with torch.inference_mode():
+            probe = module(torch.zeros(2, 1, 28, 28, device=device))
+    except Exception as exc:  # a program whose input guards refuse [2, 1, 28, 28] cannot serve
+        raise ArtifactError(f"{path}: smoke prediction failed: {exc}") from exc
     if probe.shape != (2, num_classes) or not torch.allclose(probe.sum(dim=1), torch.ones(2, device=device), atol=1e-4):
         raise ArtifactError(
             f"{path}: smoke prediction gave {tuple(probe.shape)}, not probabilities over {num_classes} classes"

@@ -1,8 +1,9 @@
-"""Export a trained network as a self-describing TorchScript artifact in the model repository.
+"""Export a trained network as self-describing artifacts in the model repository.
 
-Layout: <repository>/<name>/<version>/model.pt, the metadata embedded in the file as the extra
-file `metadata.json`. The served module takes raw pixels [N, 1, 28, 28] in [0, 1] (light on
-dark), normalises them itself and returns class probabilities [N, C].
+Layout: <repository>/<name>/<version>/model.pt (TorchScript) and model.pt2 (torch.export), both
+with the same metadata embedded as the extra file `metadata.json`. The served module takes raw
+pixels [N, 1, 28, 28] in [0, 1] (light on dark), normalises them itself and returns class
+probabilities [N, C].
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import threading
 import uuid
 import warnings
 from collections.abc import Callable
@@ -21,19 +21,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.artifacts import weights_sha256  # one definition: the server recomputes exactly this
+# weights_sha256: one definition, the server recomputes exactly this.
+from app.artifacts import ARTIFACT_FILES, TORCH_EXPORT, TORCH_EXPORT_LOCK, TORCHSCRIPT, weights_sha256
 from training.config import TrainConfig
 from training.data import LoadedDataset
 from training.loop import TrainResult
 from training.networks import count_parameters
 
-ARTIFACT_FILE = "model.pt"
+ARTIFACT_FILE = ARTIFACT_FILES[TORCHSCRIPT]
+EXPORTED_FILE = ARTIFACT_FILES[TORCH_EXPORT]
 METADATA_FILE = "metadata.json"
+# The metadata contract's name, kept from before model.pt2 existed; `formats` lists the files.
 FORMAT = "pixelserve.torchscript/1"
+FORMATS = [TORCHSCRIPT, TORCH_EXPORT]
 _JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
 # The JIT tracer keeps global state (type mangling): two traces at once in one process can fail
-# its sanity check with "Graphs differed across invocations". Exports in threads take turns.
-_TRACE_LOCK = threading.Lock()
+# its sanity check with "Graphs differed across invocations". torch.export patches
+# nn.Module.__call__ for every thread while it traces, so a trace or an eager check in another
+# thread would be captured by it. All of it takes turns under the loader's torch.export lock.
+_TRACE_LOCK = TORCH_EXPORT_LOCK
+# Any batch size from 1 up: an explicit min=1 keeps batch 1 inside the program's guards, which an
+# unnamed dynamic dimension (specialised away from 0 and 1) does not promise.
+_BATCH = torch.export.Dim("batch", min=1)
 
 
 class ServedModel(nn.Module):
@@ -59,6 +68,20 @@ def to_torchscript(module: nn.Module) -> torch.jit.ScriptModule:
             module, torch.rand(2, 1, 28, 28), check_inputs=[(torch.rand(5, 1, 28, 28),)]
         )
     return traced
+
+
+def to_exported_program(module: nn.Module) -> torch.export.ExportedProgram:
+    """torch.export with a dynamic batch dimension, checked against eager on batches 1 and 5."""
+    module = module.eval()
+    with _TRACE_LOCK:
+        program = torch.export.export(module, (torch.rand(2, 1, 28, 28),), dynamic_shapes=({0: _BATCH},))
+        exported = program.module()
+        with torch.inference_mode():
+            for size in (1, 5):
+                x = torch.rand(size, 1, 28, 28)
+                if not torch.allclose(exported(x), module(x), rtol=0, atol=1e-6):
+                    raise RuntimeError(f"the exported program differs from the eager module on a batch of {size}")
+    return program
 
 
 def build_metadata(
@@ -90,10 +113,11 @@ def build_metadata(
         "torch_version": torch.__version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "weights_sha256": sha256,
+        "formats": list(FORMATS),
     }
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -107,6 +131,11 @@ def existing_versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
 def write_artifact(scripted: torch.jit.ScriptModule, metadata: dict[str, Any], folder: Path) -> Path:
     """Write model.pt into folder and fsync it."""
     path = folder / ARTIFACT_FILE
@@ -114,8 +143,15 @@ def write_artifact(scripted: torch.jit.ScriptModule, metadata: dict[str, Any], f
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
         torch.jit.save(scripted, str(path), _extra_files=extra)
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
+    _fsync_file(path)
+    return path
+
+
+def write_exported(program: torch.export.ExportedProgram, metadata: dict[str, Any], path: Path) -> Path:
+    """Write a torch.export program to path (model.pt2, or a temporary name) and fsync it."""
+    with _TRACE_LOCK:
+        torch.export.save(program, path, extra_files={METADATA_FILE: json.dumps(metadata, indent=1)})
+    _fsync_file(path)
     return path
 
 
@@ -129,14 +165,16 @@ def export_model(
 ) -> Path:
     """Write the trained model as the next version of `name`; returns the version folder.
 
-    Written under a temporary name, fsynced, checked by `validate` (which raises to refuse), then
-    renamed: a reader never sees a half-written version. Two exports racing for one number: the
-    loser's rename fails and it takes the next.
+    Both formats are written into one folder under a temporary name, fsynced, each checked by
+    `validate` (which raises to refuse), then the folder is renamed: a reader never sees a
+    half-written version. Two exports racing for one number: the loser's rename fails and it
+    takes the next.
     """
     model_dir = repository / name
     model_dir.mkdir(parents=True, exist_ok=True)
     served = ServedModel(result.model).eval()
     scripted = to_torchscript(served)
+    program = to_exported_program(served)
     sha256 = weights_sha256(served)
     for _attempt in range(100):
         versions = existing_versions(model_dir)
@@ -144,15 +182,20 @@ def export_model(
         staging = model_dir / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            staged = write_artifact(scripted, build_metadata(name, version, config, data, result, sha256), staging)
-            _fsync_dir(staging)
+            metadata = build_metadata(name, version, config, data, result, sha256)
+            staged = [
+                write_artifact(scripted, metadata, staging),
+                write_exported(program, metadata, staging / EXPORTED_FILE),
+            ]
+            fsync_dir(staging)
             if validate is not None:
-                validate(staged)
+                for artifact in staged:
+                    validate(artifact)
             target = model_dir / version
             if target.exists():
                 continue
             os.rename(staging, target)
-            _fsync_dir(model_dir)
+            fsync_dir(model_dir)
             return target
         except OSError:
             if (model_dir / version).exists():
