@@ -59,7 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # taking turns at the GIL cost more than they overlap (see README, "Threads").
         app.state.batcher = Batcher(settings.batch_policy, threads=settings.inference_threads)
         registry = ModelRegistry(
-            ModelRepository(settings.model_repository), _device(settings.device), settings.models, settings.optimize
+            ModelRepository(settings.model_repository, settings.artifact_format),
+            _device(settings.device),
+            settings.models,
+            settings.optimize,
         )
         registry.refresh()
         app.state.registry = registry

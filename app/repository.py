@@ -1,4 +1,4 @@
-"""The model repository on disk: <root>/<name>/<version>/model.pt, versions are positive integers.
+"""The model repository on disk: <root>/<name>/<version>/model.pt (and/or model.pt2), versions are positive integers.
 
 A model's served version is the one named in <root>/<name>/CURRENT when that file exists (a
 publication or an admin's pin), otherwise its highest version. CURRENT is replaced atomically
@@ -14,13 +14,15 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-ARTIFACT_FILE = "model.pt"
+from app.artifacts import TORCHSCRIPT, artifact_file, has_artifact
+
 CURRENT_FILE = "CURRENT"
 
 
 @dataclass(frozen=True)
 class ModelRepository:
     root: Path
+    artifact_format: str = TORCHSCRIPT  # which file of a version folder to serve when it holds both
 
     def model_names(self) -> list[str]:
         if not self.root.is_dir():
@@ -33,7 +35,7 @@ class ModelRepository:
         folder = self.root / name
         if not folder.is_dir():
             return []
-        found = [p.name for p in folder.iterdir() if p.name.isdigit() and (p / ARTIFACT_FILE).is_file()]
+        found = [p.name for p in folder.iterdir() if p.name.isdigit() and has_artifact(p)]
         return sorted(found, key=int)
 
     def read_pointer(self, name: str) -> tuple[str | None, bool]:
@@ -67,4 +69,4 @@ class ModelRepository:
             os.close(directory)
 
     def artifact_path(self, name: str, version: str) -> Path:
-        return self.root / name / version / ARTIFACT_FILE
+        return artifact_file(self.root / name / version, self.artifact_format)

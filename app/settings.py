@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         1, ge=1, le=64, description="batching threads that decode, preprocess and run the model (off the event loop)"
     )
+    artifact_format: Literal["torchscript", "torch.export"] = Field(
+        "torchscript", description="which file to serve when a version has both model.pt and model.pt2"
+    )
     optimize: bool = Field(True, description="freeze + optimize_for_inference TorchScript models on CPU at load")
     max_batch_size: int = Field(16, ge=1, le=4096, description="most images in one forward pass; 1: no batching")
     max_delay_ms: float = Field(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from app.artifacts import (
     TORCH_EXPORT,
@@ -20,8 +21,11 @@ from app.artifacts import (
     read_metadata,
     weights_sha256,
 )
+from app.main import create_app
+from app.settings import Settings
 from benchmarks.artifact_formats import main as benchmark_main
-from tests.conftest import SHIPPED_MODELS
+from tests.conftest import SHIPPED_MODELS, encode
+from tests.images import draw_digit
 from training.convert import ConversionError, rebuild
 from training.convert import main as convert_main
 from training.data import LoadedDataset
@@ -177,3 +181,23 @@ def test_format_benchmark_quick(tiny_repository: Path, tmp_path: Path, capsys: p
     table = (tmp_path / "artifact-formats-latest.md").read_text()
     assert "| torchscript | model.pt |" in table and "| torch.export | model.pt2 |" in table
     assert "batch 16 p50 µs" in table and table in capsys.readouterr().out
+
+
+def test_the_app_serves_either_format_with_the_same_answers(tiny_repository: Path, tmp_path: Path) -> None:
+    only_pt2 = tmp_path / "models"
+    shutil.copytree(tiny_repository / "mnist", only_pt2 / "mnist")
+    (only_pt2 / "mnist" / "1" / "model.pt").unlink()
+    image = encode(draw_digit(6))
+    answers = {}
+    for label, settings in {
+        "torchscript": Settings(model_repository=tiny_repository, models=["mnist"]),
+        "torch.export": Settings(model_repository=tiny_repository, models=["mnist"], artifact_format="torch.export"),
+        "only .pt2": Settings(model_repository=only_pt2),
+    }.items():
+        with TestClient(create_app(settings)) as client:
+            assert client.get("/models/mnist").json()["versions"] == ["1"]
+            response = client.post("/predict/mnist", content=image, headers={"Content-Type": "image/png"})
+            assert response.status_code == 200, response.text
+            answers[label] = response.json()["probabilities"]
+    for label in ("torch.export", "only .pt2"):
+        assert max(abs(answers[label][k] - answers["torchscript"][k]) for k in answers[label]) < 1e-5
