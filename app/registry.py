@@ -71,6 +71,13 @@ class ModelRegistry:
         expected = self.expected_names()
         return bool(expected) and all(name in self.models for name in expected)
 
+    def not_ready_reason(self) -> str | None:
+        """None when ready; otherwise what is missing and why, for the readiness probes."""
+        if self.ready:
+            return None
+        missing = [name for name in self.expected_names() if name not in self.models]
+        return "; ".join(f"{n}: {self.errors.get(n, 'loading')}" for n in missing) or "no models configured"
+
     def get(self, name: str) -> LoadedModel:
         try:
             return self.models[name]

@@ -28,8 +28,6 @@ async def ready(registry: RegistryDep, drainer: DrainerDep) -> Health:
     models = {name: model.version for name, model in registry.models.items()}
     if drainer.draining.is_set():
         raise NotReady("draining: shutting down after SIGTERM")
-    if not registry.ready:
-        missing = [name for name in registry.expected_names() if name not in registry.models]
-        detail = "; ".join(f"{n}: {registry.errors.get(n, 'loading')}" for n in missing) or "no models configured"
-        raise NotReady(f"not ready: {detail}")
+    if (reason := registry.not_ready_reason()) is not None:
+        raise NotReady(f"not ready: {reason}")
     return Health(status="ready", models=models)

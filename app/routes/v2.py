@@ -112,10 +112,8 @@ async def server_ready(registry: RegistryDep, drainer: DrainerDep) -> ServerRead
     """200 once every configured model is loaded; else, and while draining, 400 (the protocol's 4xx, as Triton)."""
     if drainer.draining.is_set():
         raise ProbeNotReady("draining: shutting down after SIGTERM")
-    if not registry.ready:
-        missing = [name for name in registry.expected_names() if name not in registry.models]
-        detail = "; ".join(f"{n}: {registry.errors.get(n, 'loading')}" for n in missing) or "no models configured"
-        raise ProbeNotReady(f"not ready: {detail}")
+    if (reason := registry.not_ready_reason()) is not None:
+        raise ProbeNotReady(f"not ready: {reason}")
     return ServerReady(ready=True)
 
 
