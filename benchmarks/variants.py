@@ -55,6 +55,7 @@ def _litserve_missing() -> str | None:
 
 
 _UNBATCHED_ENV = {**PIXELSERVE_ENV, "PIXELSERVE_MAX_BATCH_SIZE": "1"}
+_PT2_ENV = {**PIXELSERVE_ENV, "PIXELSERVE_ARTIFACT_FORMAT": "torch.export"}
 
 VARIANTS: tuple[Variant, ...] = (
     Variant(
@@ -72,6 +73,14 @@ VARIANTS: tuple[Variant, ...] = (
         ready_path="/health/ready",
         predict_path="/predict/{model}",
         settings=_pixelserve_settings(_UNBATCHED_ENV),
+    ),
+    Variant(
+        name="pixelserve-pt2",
+        command=PIXELSERVE_COMMAND,
+        env=_PT2_ENV,
+        ready_path="/health/ready",
+        predict_path="/predict/{model}",
+        settings=_pixelserve_settings(_PT2_ENV) + ", serving model.pt2 (torch.export)",
     ),
     Variant(
         name="plain",
