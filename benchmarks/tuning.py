@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pixelserve-tuning-") as scratch:
         for round_ in range(args.rounds):
             for config in configs:
-                with running(variant(config), context, Path(scratch) / "server.log") as server:
+                with running(variant(config), context, Path(scratch)) as server:
                     script = write_lua_script(Path(scratch), samples, server.predict_path)
                     run_wrk(server.base_url, script, 8, 1.0)  # warm-up
                     for concurrency in args.concurrency:
