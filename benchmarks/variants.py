@@ -17,8 +17,10 @@ from benchmarks.servers import HOST, Variant
 # Same uvicorn options for the uvicorn variants; access logging is off so it does not weigh on the numbers.
 _UVICORN = ("{python}", "-m", "uvicorn", "--host", HOST, "--port", "{port}", "--no-access-log")
 
-# The pixelserve command line, in one place for both pixelserve variants (e.g. add "--workers", "2").
-PIXELSERVE_COMMAND = (*_UVICORN, "--factory", "app.main:create_app")
+# The pixelserve command line, in one place for every pixelserve variant: one process per core of
+# this 2-core machine, each with 1 torch thread and 1 batching thread (README, "Batching, threads
+# and processes"; benchmarks/tuning.py compares the alternatives).
+PIXELSERVE_COMMAND = (*_UVICORN, "--workers", "2", "--factory", "app.main:create_app")
 PIXELSERVE_ENV = {"PIXELSERVE_MODEL_REPOSITORY": "{repository}"}
 
 LITSERVE_BATCH_SIZE = 16
