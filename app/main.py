@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -70,6 +71,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # replica (a read-only repository, say) opens no database at all.
         app.state.job_store = JobStore(settings.job_store) if settings.admin_token else None
         logger.info("serving %s", {n: m.version for n, m in registry.models.items()})
+        # Start-up leaves ~250k long-lived objects (torch, FastAPI, the models); a full GC pass over
+        # them took 130 ms and landed on whichever requests were in flight: the p99. Frozen, they
+        # are never scanned again and a full pass takes about a millisecond.
+        gc.collect()
+        gc.freeze()
         watcher = asyncio.create_task(_watch(registry, settings.reload_interval_s))
         app.state.drainer.install()
         try:

@@ -173,3 +173,9 @@ def test_corrupt_artifact_is_refused_not_served(tmp_path: Path, tiny_repository:
         assert client.get("/health/ready").status_code == 503
         assert client.get("/models/mnist").json()["error"]
         assert client.post("/predict/mnist", content=b"x", headers={"Content-Type": "image/png"}).status_code == 404
+
+
+def test_start_up_objects_are_frozen_out_of_the_garbage_collector(client: TestClient) -> None:
+    import gc
+
+    assert gc.get_freeze_count() > 10_000  # torch, FastAPI and the models: never scanned again
