@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,4 @@ def test_corrupt_artifact_is_refused_not_served(tmp_path: Path, tiny_repository:
 
 
 def test_start_up_objects_are_frozen_out_of_the_garbage_collector(client: TestClient) -> None:
-    import gc
-
     assert gc.get_freeze_count() > 10_000  # torch, FastAPI and the models: never scanned again
