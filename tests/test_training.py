@@ -141,3 +141,9 @@ def test_cli_rejects_unknown_architecture(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         train_main(["--architecture", "vgg"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("samples", [64, 320, 640])  # 1, 5 and 10 steps of 64: 5 broke OneCycleLR at 0.2
+def test_short_runs_of_any_length_train(mnist: LoadedDataset, samples: int) -> None:
+    result = train(tiny_config("mnist", "mlp", "mnist", samples=samples), mnist, progress=False)
+    assert len(result.history) == 1 and result.history[0].train_loss > 0

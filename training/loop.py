@@ -120,8 +120,11 @@ def train(
     steps_per_epoch = max(1, n // config.batch_size) if not config.dry_run else min(3, max(1, n // config.batch_size))
     epochs = 1 if config.dry_run else config.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = epochs * steps_per_epoch
+    # OneCycleLR divides by pct_start * total_steps - 1: zero for 0.2 at exactly 5 steps.
+    pct_start = 0.3 if total_steps == 5 else 0.2
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=epochs * steps_per_epoch, pct_start=0.2
+        optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=pct_start
     )
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     history: list[EpochMetrics] = []
