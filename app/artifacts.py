@@ -14,7 +14,8 @@ import json
 import threading
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,6 @@ TORCH_EXPORT = "torch.export"
 # Format -> file name inside a version folder. TorchScript first: it stays the default.
 ARTIFACT_FILES = {TORCHSCRIPT: "model.pt", TORCH_EXPORT: "model.pt2"}
 _SUFFIXES = {".pt": TORCHSCRIPT, ".pt2": TORCH_EXPORT}
-_JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
 REQUIRED_KEYS = ("name", "version", "architecture", "labels", "preprocessing", "weights_sha256")
 # torch.export keeps process-wide state: export patches nn.Module.__call__ for every thread, save
 # registers a global pickle reducer, load sets a module-level "current deserializer". Concurrent
@@ -127,10 +127,17 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _load_torchscript(path: Path, device: torch.device) -> torch.nn.Module:
+@contextmanager
+def jit_deprecation_silenced() -> Iterator[None]:
+    """torch 2.14 deprecates TorchScript, and its calls warn; it stays this product's default format
+    for now (README), so that one FutureWarning is silenced around those calls, never globally."""
     with warnings.catch_warnings():
-        # torch 2.14 deprecates TorchScript; it stays this product's default format for now.
-        warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        yield
+
+
+def _load_torchscript(path: Path, device: torch.device) -> torch.nn.Module:
+    with jit_deprecation_silenced():
         module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
             str(path), map_location=device
         )

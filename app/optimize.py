@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import warnings
 
 import torch
 
-from app.artifacts import LoadedModel
+from app.artifacts import LoadedModel, jit_deprecation_silenced
 
 logger = logging.getLogger("pixelserve.optimize")
-_JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
 
 
 def optimized(model: LoadedModel) -> LoadedModel:
@@ -26,8 +24,7 @@ def optimized(model: LoadedModel) -> LoadedModel:
     if model.device.type != "cpu" or not isinstance(module, torch.jit.ScriptModule):
         return model
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
+        with jit_deprecation_silenced():
             fast = torch.jit.optimize_for_inference(torch.jit.freeze(module.eval()))
         probe = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))  # [16, 1, 28, 28]
         with torch.inference_mode():

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import uuid
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,14 @@ import torch
 from torch import nn
 
 # weights_sha256: one definition, the server recomputes exactly this.
-from app.artifacts import ARTIFACT_FILES, TORCH_EXPORT, TORCH_EXPORT_LOCK, TORCHSCRIPT, weights_sha256
+from app.artifacts import (
+    ARTIFACT_FILES,
+    TORCH_EXPORT,
+    TORCH_EXPORT_LOCK,
+    TORCHSCRIPT,
+    jit_deprecation_silenced,
+    weights_sha256,
+)
 from training.config import TrainConfig
 from training.data import LoadedDataset
 from training.loop import TrainResult
@@ -34,7 +40,6 @@ METADATA_FILE = "metadata.json"
 # The metadata contract's name, kept from before model.pt2 existed; `formats` lists the files.
 FORMAT = "pixelserve.torchscript/1"
 FORMATS = [TORCHSCRIPT, TORCH_EXPORT]
-_JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
 # The JIT tracer keeps global state (type mangling): two traces at once in one process can fail
 # its sanity check with "Graphs differed across invocations". torch.export patches
 # nn.Module.__call__ for every thread while it traces, so a trace or an eager check in another
@@ -61,9 +66,7 @@ def to_torchscript(module: nn.Module) -> torch.jit.ScriptModule:
     was upgraded on disk still exports), and these networks have no data-dependent control flow.
     The trace is checked against eager on another batch size."""
     module = module.eval()
-    with _TRACE_LOCK, warnings.catch_warnings():
-        # torch 2.14 deprecates TorchScript; the artifact format still asks for it (see README).
-        warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
+    with _TRACE_LOCK, jit_deprecation_silenced():
         traced: torch.jit.ScriptModule = torch.jit.trace(  # type: ignore[no-untyped-call]
             module, torch.rand(2, 1, 28, 28), check_inputs=[(torch.rand(5, 1, 28, 28),)]
         )
@@ -140,8 +143,7 @@ def write_artifact(scripted: torch.jit.ScriptModule, metadata: dict[str, Any], f
     """Write model.pt into folder and fsync it."""
     path = folder / ARTIFACT_FILE
     extra = {METADATA_FILE: json.dumps(metadata, indent=1)}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
+    with jit_deprecation_silenced():
         torch.jit.save(scripted, str(path), _extra_files=extra)
     _fsync_file(path)
     return path
