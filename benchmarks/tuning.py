@@ -24,7 +24,7 @@ from pathlib import Path
 from app.repository import ModelRepository
 from benchmarks.loadgen import mnist_test_pngs, require_wrk, run_wrk, write_lua_script
 from benchmarks.servers import ROOT, Variant, running
-from benchmarks.variants import _UVICORN
+from benchmarks.variants import UVICORN
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -50,7 +50,7 @@ CONFIGS = (
 
 
 def variant(config: Config) -> Variant:
-    command = (*_UVICORN, "--workers", str(config.workers), "--factory", "app.main:create_app")
+    command = (*UVICORN, "--workers", str(config.workers), "--factory", "app.main:create_app")
     env = {"PIXELSERVE_MODEL_REPOSITORY": "{repository}", "PIXELSERVE_LOG_LEVEL": "warning", **config.env}
     return Variant(config.label, command, "/health/ready", "/predict/{model}", env)
 

@@ -15,12 +15,12 @@ from benchmarks import torchserve_setup
 from benchmarks.servers import HOST, Variant
 
 # Same uvicorn options for the uvicorn variants; access logging is off so it does not weigh on the numbers.
-_UVICORN = ("{python}", "-m", "uvicorn", "--host", HOST, "--port", "{port}", "--no-access-log")
+UVICORN = ("{python}", "-m", "uvicorn", "--host", HOST, "--port", "{port}", "--no-access-log")
 
 # The pixelserve command line, in one place for every pixelserve variant: one process per core of
 # this 2-core machine, each with 1 torch thread and 1 batching thread (README, "Batching, threads
 # and processes"; benchmarks/tuning.py compares the alternatives).
-PIXELSERVE_COMMAND = (*_UVICORN, "--workers", "2", "--factory", "app.main:create_app")
+PIXELSERVE_COMMAND = (*UVICORN, "--workers", "2", "--factory", "app.main:create_app")
 PIXELSERVE_ENV = {"PIXELSERVE_MODEL_REPOSITORY": "{repository}"}
 
 LITSERVE_BATCH_SIZE = 16
@@ -56,37 +56,26 @@ def _litserve_missing() -> str | None:
     return None
 
 
-_UNBATCHED_ENV = {**PIXELSERVE_ENV, "PIXELSERVE_MAX_BATCH_SIZE": "1"}
-_PT2_ENV = {**PIXELSERVE_ENV, "PIXELSERVE_ARTIFACT_FORMAT": "torch.export"}
+def _pixelserve(name: str, settings: Mapping[str, str] | None = None, note: str = "") -> Variant:
+    """pixelserve with its default settings, or with `settings` (PIXELSERVE_* variables) on top."""
+    env = {**PIXELSERVE_ENV, **(settings or {})}
+    return Variant(
+        name=name,
+        command=PIXELSERVE_COMMAND,
+        env=env,
+        ready_path="/health/ready",
+        predict_path="/predict/{model}",
+        settings=_pixelserve_settings(env) + note,
+    )
+
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant(
-        name="pixelserve",
-        command=PIXELSERVE_COMMAND,
-        env=PIXELSERVE_ENV,
-        ready_path="/health/ready",
-        predict_path="/predict/{model}",
-        settings=_pixelserve_settings(PIXELSERVE_ENV),
-    ),
-    Variant(
-        name="pixelserve-unbatched",
-        command=PIXELSERVE_COMMAND,
-        env=_UNBATCHED_ENV,
-        ready_path="/health/ready",
-        predict_path="/predict/{model}",
-        settings=_pixelserve_settings(_UNBATCHED_ENV),
-    ),
-    Variant(
-        name="pixelserve-pt2",
-        command=PIXELSERVE_COMMAND,
-        env=_PT2_ENV,
-        ready_path="/health/ready",
-        predict_path="/predict/{model}",
-        settings=_pixelserve_settings(_PT2_ENV) + ", serving model.pt2 (torch.export)",
-    ),
+    _pixelserve("pixelserve"),
+    _pixelserve("pixelserve-unbatched", {"PIXELSERVE_MAX_BATCH_SIZE": "1"}),
+    _pixelserve("pixelserve-pt2", {"PIXELSERVE_ARTIFACT_FORMAT": "torch.export"}, ", serving model.pt2 (torch.export)"),
     Variant(
         name="plain",
-        command=(*_UVICORN, "--factory", "benchmarks.plain_app:create_app"),
+        command=(*UVICORN, "--factory", "benchmarks.plain_app:create_app"),
         env={"PLAIN_MODEL": "{artifact}"},
         ready_path="/health",
         predict_path="/predict/{model}",
