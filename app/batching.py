@@ -17,7 +17,8 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,17 +103,18 @@ class Batcher:
 
     # -- event-loop side ------------------------------------------------------------------------
 
-    def arriving(self) -> None:
-        """A request started; its body is being read. Batches may wait for it."""
+    @contextmanager
+    def receiving(self) -> Iterator[None]:
+        """Around reading a request and submitting it: meanwhile, batches may wait for it."""
         with self._cond:
             self._arriving += 1
-
-    def arrived(self) -> None:
-        """The request that called arriving() has submitted (or failed before it could)."""
-        with self._cond:
-            self._arriving -= 1
-            if self._waiting and self._arriving == 0:
-                self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._arriving -= 1
+                if self._waiting and self._arriving == 0:
+                    self._cond.notify_all()
 
     def submit(self, model: LoadedModel, prepare: Prepare, images: int = 1) -> asyncio.Future[Probabilities]:
         loop = asyncio.get_running_loop()

@@ -111,13 +111,10 @@ async def predict(
     dataset used. Concurrent requests share forward passes (adaptive batching).
     """
     model = registry.get(name)
-    batcher.arriving()
-    try:
+    with batcher.receiving():
         images = await read_uploads(request, settings.max_images_per_request)
         prepare = partial(prepare_uploads, images, model.recipe, settings.max_image_pixels)
         answer = batcher.submit(model, prepare, len(images))
-    finally:
-        batcher.arrived()
     rows = await answer
     predictions = [Prediction(model.name, model.version, model.labels, row).to_json(top_k) for row in rows]
     return JSONResponse(predictions[0] if len(images) == 1 else predictions)

@@ -150,8 +150,7 @@ async def version_ready(name: str, version: str, registry: RegistryDep) -> Model
 
 
 async def _infer(model: LoadedModel, request: Request, settings: Settings, batcher: Batcher) -> Response:
-    batcher.arriving()
-    try:
+    with batcher.receiving():
         body = await request.body()
         parsed = await read_request(
             body,
@@ -162,8 +161,6 @@ async def _infer(model: LoadedModel, request: Request, settings: Settings, batch
         )
         prepare = partial(to_pixels, parsed.input, model.recipe, settings.max_image_pixels)
         answer = batcher.submit(model, prepare, parsed.input.images)
-    finally:
-        batcher.arrived()
     return build_response(model, parsed, await answer)
 
 
