@@ -1,11 +1,13 @@
-"""Shared fixtures: the official datasets on disk and a small repository of tiny real models."""
+"""Shared fixtures: the official datasets (found or downloaded once) and a small repository of tiny real models."""
 
 from __future__ import annotations
 
 import io
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -16,32 +18,49 @@ from PIL import Image
 from app.main import create_app
 from app.settings import Settings
 from training.config import TrainConfig
-from training.data import LoadedDataset, load_dataset
+from training.data import DATASETS, LoadedDataset, load_dataset
+from training.datasets import resolve_dataset
 from training.export import export_model
 from training.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA_ROOT = Path(os.environ.get("PIXELSERVE_DATA_DIR", ROOT.parent / "shared" / "datasets"))
 SHIPPED_MODELS = ROOT / "models"
 
 
 def dataset_dir(name: str) -> Path:
-    folder = DATA_ROOT / name
-    if not folder.is_dir():
-        pytest.fail(
-            f"dataset folder {folder} is missing: set PIXELSERVE_DATA_DIR to a folder holding mnist/ and fashion-mnist/"
-        )
-    return folder
+    """The folder of a set's IDX files: PIXELSERVE_DATA_DIR, ../shared/datasets, the user cache, else downloaded."""
+    return resolve_dataset(name)
+
+
+@cache
+def _data_root() -> Path:
+    """One folder holding mnist/ and fashion-mnist/, for the scripts that take a root."""
+    folders = {name: dataset_dir(name) for name in DATASETS}
+    parents = {folder.parent for folder in folders.values()}
+    if len(parents) == 1:
+        return parents.pop()
+    root = Path(tempfile.mkdtemp(prefix="pixelserve-datasets-"))  # the sets came from different places
+    for name, folder in folders.items():
+        (root / name).symlink_to(folder, target_is_directory=True)
+    return root
+
+
+def __getattr__(name: str) -> Path:
+    # DATA_ROOT is resolved on first import by a test module, not when pytest loads this conftest:
+    # a run that needs no dataset never downloads one.
+    if name == "DATA_ROOT":
+        return _data_root()
+    raise AttributeError(name)
 
 
 @pytest.fixture(scope="session")
 def mnist() -> LoadedDataset:
-    return load_dataset("mnist", dataset_dir("mnist"))
+    return load_dataset("mnist")
 
 
 @pytest.fixture(scope="session")
 def fashion() -> LoadedDataset:
-    return load_dataset("fashion-mnist", dataset_dir("fashion-mnist"))
+    return load_dataset("fashion-mnist")
 
 
 def tiny_config(model: str, architecture: str, dataset: str, samples: int = 2048) -> TrainConfig:

@@ -1,7 +1,9 @@
 """`python -m training`: train one seed network and publish it into the model repository.
 
-    python -m training --model mnist --architecture mnist_cnn --dataset mnist \
-        --data-dir ../shared/datasets/mnist --epochs 12
+    python -m training --model mnist --architecture mnist_cnn --dataset mnist --epochs 12
+
+Without --data-dir the set comes from training.datasets' lookup (PIXELSERVE_DATA_DIR, ../shared/datasets,
+the user cache, else a verified download into that cache).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from training.config import TrainConfig
 from training.data import DATASETS, load_dataset
+from training.datasets import dataset_folder
 from training.export import export_model
 from training.loop import train
 from training.networks import architecture_names
@@ -27,9 +30,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     parser.add_argument("--architecture", default=defaults.architecture, choices=architecture_names())
     parser.add_argument("--dataset", default=defaults.dataset, choices=sorted(DATASETS))
     parser.add_argument(
-        "--data-dir", type=Path, default=None, help="folder of IDX files (.gz or raw); omit to download"
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder of the four IDX files (.gz or raw), used as is; omit to find or download the official set",
     )
-    parser.add_argument("--download-root", type=Path, default=Path("data"), help="where torchvision downloads to")
     parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository to publish into")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -50,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         model_name=args.model,
         architecture=args.architecture,
         dataset=args.dataset,
-        data_dir=args.data_dir,
+        # Recorded in the model's metadata: where the set was read from, found or downloaded.
+        data_dir=args.data_dir or dataset_folder(args.dataset),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -68,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
 
 def main(argv: list[str] | None = None) -> int:
     config, args = parse_args(argv)
-    data = load_dataset(config.dataset, config.data_dir, args.download_root)
+    data = load_dataset(config.dataset, args.data_dir, progress=args.progress)
     result = train(config, data, progress=args.progress)
     try:
         folder = export_model(args.repository, config.model_name, config, data, result)

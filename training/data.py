@@ -1,4 +1,4 @@
-"""Datasets as whole tensors: local IDX files (gzipped or raw) or torchvision's download.
+"""Datasets as whole tensors, decoded from IDX files (gzipped or raw) that training.datasets finds.
 
 A set is decoded once into a uint8 tensor [N, 28, 28]; batches are sliced from it on the fly,
 so no PIL image is ever built per sample per epoch.
@@ -9,10 +9,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from training.datasets import IDX_SHA256, resolve_dataset
 
 MNIST_LABELS = tuple(str(d) for d in range(10))
 FASHION_LABELS = (
@@ -38,12 +41,11 @@ class DatasetSpec:
     mean: float  # pixel statistics of the training set, pixels scaled to [0, 1]
     std: float
     preprocessing: str  # "digit" or "garment": the recipe the server applies to uploads
-    torchvision_class: str
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec("mnist", MNIST_LABELS, 0.1307, 0.3081, "digit", "MNIST"),
-    "fashion-mnist": DatasetSpec("fashion-mnist", FASHION_LABELS, 0.2860, 0.3530, "garment", "FashionMNIST"),
+    "mnist": DatasetSpec("mnist", MNIST_LABELS, 0.1307, 0.3081, "digit"),
+    "fashion-mnist": DatasetSpec("fashion-mnist", FASHION_LABELS, 0.2860, 0.3530, "garment"),
 }
 
 
@@ -94,22 +96,28 @@ def parse_idx(raw: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
 
 
-def _read_idx_file(folder: Path, stem: str) -> tuple[torch.Tensor, str, str]:
+def _read_idx_file(folder: Path, stem: str, expected_sha256: str | None) -> tuple[torch.Tensor, str, str]:
     for candidate in (folder / f"{stem}.gz", folder / stem):
         if candidate.is_file():
             raw = candidate.read_bytes()
             digest = hashlib.sha256(raw).hexdigest()
             data = gzip.decompress(raw) if candidate.suffix == ".gz" else raw
+            # The IDX bytes, not the file's: re-gzipped copies of the official sets must pass too.
+            if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+                raise ValueError(
+                    f"{candidate}: its IDX bytes do not match the official set's SHA-256 {expected_sha256}; "
+                    "replace the file, or delete it to download it again"
+                )
             return parse_idx(data), candidate.name, digest
     raise FileNotFoundError(f"{stem}(.gz) not found in {folder}")
 
 
-def load_idx_folder(folder: Path, spec: DatasetSpec) -> LoadedDataset:
-    """Load the four standard IDX files from one folder."""
+def load_idx_folder(folder: Path, spec: DatasetSpec, expected: Mapping[str, str] | None = None) -> LoadedDataset:
+    """Load the four standard IDX files from one folder, checked against `expected` (stem -> SHA-256) if given."""
     tensors: dict[str, torch.Tensor] = {}
     checksums: dict[str, str] = {}
     for key, stem in _FILES.items():
-        tensor, file_name, digest = _read_idx_file(folder, stem)
+        tensor, file_name, digest = _read_idx_file(folder, stem, expected[stem] if expected else None)
         tensors[key] = tensor
         checksums[file_name] = digest
     for split in ("train", "test"):
@@ -124,23 +132,15 @@ def load_idx_folder(folder: Path, spec: DatasetSpec) -> LoadedDataset:
     )
 
 
-def download_with_torchvision(root: Path, spec: DatasetSpec) -> Path:
-    """Fetch the set with torchvision (for users who are online); return the raw IDX folder."""
-    import torchvision.datasets  # imported here: serving and local-file training need no torchvision
-
-    dataset_class = getattr(torchvision.datasets, spec.torchvision_class)
-    for train in (True, False):
-        dataset_class(root=str(root), train=train, download=True)
-    return root / spec.torchvision_class / "raw"
-
-
-def load_dataset(name: str, data_dir: Path | None, download_root: Path | None = None) -> LoadedDataset:
-    """Local IDX folder when given, torchvision's download otherwise."""
+def load_dataset(
+    name: str, data_dir: Path | None = None, *, data_root: Path | None = None, progress: bool = False
+) -> LoadedDataset:
+    """`data_dir` as given (the caller's own files: a subset is allowed); otherwise the folder
+    training.datasets resolves under `data_root` (downloading if needed), verified file by file."""
     spec = get_dataset_spec(name)
     if data_dir is not None:
         return load_idx_folder(data_dir, spec)
-    folder = download_with_torchvision(download_root or Path("data"), spec)
-    return load_idx_folder(folder, spec)
+    return load_idx_folder(resolve_dataset(name, data_root, progress=progress), spec, IDX_SHA256[name])
 
 
 def take_first(split: Split, max_samples: int | None) -> Split:

@@ -26,6 +26,7 @@ from app.jobs.schema import CANCELLED, FAILED, SUCCEEDED
 from app.jobs.store import Job, JobStore
 from training.config import TrainConfig
 from training.data import LoadedDataset, load_dataset
+from training.datasets import dataset_folder
 from training.loop import EpochMetrics, TrainingCancelled, train
 from training.publish import PublicationRefused, publish
 
@@ -38,7 +39,9 @@ class WorkerSettings(BaseSettings):
 
     model_repository: Path = Path("models")
     job_store_url: str | None = None
-    data_dir: Path = Field(Path("data"), description="one folder of IDX files per dataset: mnist/, fashion-mnist/")
+    data_dir: Path | None = Field(
+        None, description="first place to look for <dataset>/ IDX folders; then training.datasets' lookup"
+    )
     min_publish_accuracy: float = Field(0.8, ge=0, le=1)
     lease_s: float = Field(30.0, gt=0)
     poll_interval_s: float = Field(1.0, gt=0)
@@ -87,17 +90,15 @@ class JobRun:
                 "augment", "max_samples", "seed")  # fmt: skip
         return TrainConfig(
             model_name=self.job["model"],
-            data_dir=self.settings.data_dir / request["dataset"],
+            data_dir=dataset_folder(request["dataset"], self.settings.data_dir),  # stat calls only, no download
             device=self.settings.device,
             threads=self.settings.torch_threads,
             **{key: request[key] for key in keys if key in request},
         )
 
     def load_data(self) -> LoadedDataset:
-        folder = self.settings.data_dir / self.job["request"]["dataset"]
-        if folder.is_dir():
-            return load_dataset(self.config.dataset, folder)
-        return load_dataset(self.config.dataset, None, download_root=self.settings.data_dir / "downloads")
+        # Found or downloaded (once, into the user cache) and verified; a failure fails this job only.
+        return load_dataset(self.config.dataset, data_root=self.settings.data_dir)
 
     def run(self) -> None:
         job_id, worker_id = self.job["id"], self.settings.worker_id
