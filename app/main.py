@@ -18,6 +18,7 @@ from app.drain import Drainer
 from app.errors import install_error_handlers
 from app.jobs.store import JobStore
 from app.limits import BodySizeLimit
+from app.openapi import install_openapi
 from app.registry import ModelRegistry
 from app.repository import ModelRepository
 from app.routes import api_router
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.drainer = Drainer(settings.drain_s)
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(api_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -6,7 +6,7 @@ numbers; `codec` reads it with json.loads and numpy); they document the request 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -49,9 +49,11 @@ class ModelMetadata(BaseModel):
 
 
 class RequestInput(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str = Field(description="FP32, UINT8 or BYTES")
+    name: str = Field(description="any name: the model has one input")
+    shape: list[Annotated[int, Field(ge=0)]] = Field(
+        min_length=1, max_length=4, description="[N, 1, 28, 28] or [N, 28, 28] (FP32, UINT8); [N] or [N, 1] (BYTES)"
+    )
+    datatype: Literal["FP32", "UINT8", "BYTES"]
     parameters: dict[str, Parameter] = Field(
         default_factory=dict, description="`binary_data_size`: the tensor is binary data after the JSON"
     )
@@ -59,7 +61,7 @@ class RequestInput(BaseModel):
 
 
 class RequestOutput(BaseModel):
-    name: str = Field(description="probabilities or label")
+    name: Literal["probabilities", "label"]
     parameters: dict[str, Parameter] = Field(
         default_factory=dict, description="`binary_data`: bool; `classification`: top-k as strings"
     )
@@ -70,8 +72,11 @@ class InferenceRequest(BaseModel):
     parameters: dict[str, Parameter] = Field(
         default_factory=dict, description="`binary_data_output`: every output as binary data; others ignored"
     )
-    inputs: list[RequestInput] = Field(description="exactly one: the images")
-    outputs: list[RequestOutput] | None = Field(None, description="default: every output")
+    # Exactly one: the codec refuses any other count (400), so the schema says so too.
+    inputs: list[RequestInput] = Field(min_length=1, max_length=1, description="exactly one: the images")
+    outputs: list[RequestOutput] | None = Field(
+        None, max_length=2, description="default: every output; each at most once"
+    )
 
 
 class ResponseOutput(BaseModel):
