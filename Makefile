@@ -18,7 +18,8 @@ install: $(VENV)/.installed
 
 serve: install
 	PIXELSERVE_MODEL_REPOSITORY=$${PIXELSERVE_MODEL_REPOSITORY:-models} \
-		$(VENV)/bin/uvicorn --factory app.main:create_app --host $(HOST) --port $(PORT)
+		$(VENV)/bin/uvicorn --factory app.main:create_app --http app.http_protocol:HeaderLimitedProtocol \
+		--host $(HOST) --port $(PORT)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -6,6 +6,7 @@ import argparse
 
 import uvicorn
 
+from app.http_protocol import UVICORN_HTTP
 from app.settings import Settings
 
 
@@ -20,6 +21,8 @@ def main() -> None:
         factory=True,
         host=args.host,
         port=args.port,
+        # httptools with a bound on request headers (431 past PIXELSERVE_MAX_HEADER_BYTES).
+        http=UVICORN_HTTP,
         # Processes, each with its own event loop, batcher and copy of the models: on a CPU box,
         # one per core gets past the GIL (see README, "Threads and processes").
         workers=settings.workers,

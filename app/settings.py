@@ -51,7 +51,28 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, ge=1, le=4096, description="most `file` parts in one predict request")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes of `python -m app`")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest accepted request body")
-    max_image_pixels: int = Field(40_000_000, ge=784, description="largest accepted image, width x height")
+    max_image_pixels: int = Field(
+        4096 * 4096,
+        ge=784,
+        description="largest image, width x height as decoded (a big JPEG decodes scaled down); 16.8 MP: a 12 MP "
+        "phone photo or a 4K screenshot fits; more detail cannot help: every image is shrunk to 512 px, then 28",
+    )
+    max_request_pixels: int = Field(
+        2 * 4096 * 4096,
+        ge=784,
+        description="decoded pixels of one request's images together, checked from their headers before any is "
+        "decoded: bounds the CPU one small request can cost (tiny files may declare huge canvases)",
+    )
+    heavy_request_pixels: int = Field(
+        512 * 512,
+        ge=0,
+        description="a request decoding more pixels is decoded in the large-image lane (a thread of its own), "
+        "not the inference thread, so it delays other large uploads, not everyone's small ones",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="largest request line + headers (app.http_protocol answers 431 past it)"
+    )
+    max_header_count: int = Field(100, ge=8, le=10_000, description="most header fields in one request (431 past it)")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     reload_interval_s: float = Field(2.0, ge=0, description="how often to look for a new current version; 0: never")
     admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes; unset: they refuse")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from importlib.util import find_spec
 
+from app.http_protocol import UVICORN_HTTP
 from app.settings import Settings
 from benchmarks import torchserve_setup
 from benchmarks.servers import HOST, Variant
@@ -20,7 +21,8 @@ UVICORN = ("{python}", "-m", "uvicorn", "--host", HOST, "--port", "{port}", "--n
 # The pixelserve command line, in one place for every pixelserve variant: one process per core of
 # this 2-core machine, each with 1 torch thread and 1 batching thread (README, "Batching, threads
 # and processes"; benchmarks/tuning.py compares the alternatives).
-PIXELSERVE_COMMAND = (*UVICORN, "--workers", "2", "--factory", "app.main:create_app")
+# `--http`: the header-limited httptools protocol the service always runs with (app.http_protocol).
+PIXELSERVE_COMMAND = (*UVICORN, "--workers", "2", "--http", UVICORN_HTTP, "--factory", "app.main:create_app")
 PIXELSERVE_ENV = {"PIXELSERVE_MODEL_REPOSITORY": "{repository}"}
 
 LITSERVE_BATCH_SIZE = 16

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from app.http_protocol import UVICORN_HTTP
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,7 +33,9 @@ def spawn(args: list[str], env: dict[str, str], log: Path | None = None) -> subp
 
 
 def start_replica(env: dict[str, str], port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
-    return spawn(["-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port)], env, log)
+    # The protocol every way of running the service uses: httptools with a bound on request headers.
+    command = ["-m", "uvicorn", "--factory", "app.main:create_app", "--http", UVICORN_HTTP, "--port", str(port)]
+    return spawn(command, env, log)
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
