@@ -70,7 +70,7 @@ def artifact_format(path: Path) -> str:
     try:
         return _SUFFIXES[path.suffix]
     except KeyError:
-        raise ArtifactError(f"{path}: unknown artifact suffix; expected one of {', '.join(_SUFFIXES)}") from None
+        raise ArtifactError(f"{shown(path)}: unknown artifact suffix; expected one of {', '.join(_SUFFIXES)}") from None
 
 
 def artifact_file(folder: Path, preferred: str = TORCHSCRIPT) -> Path:
@@ -95,23 +95,62 @@ def has_artifact(folder: Path) -> bool:
     return any((folder / name).is_file() for name in ARTIFACT_FILES.values())
 
 
+def shown(path: Path) -> str:
+    """`<name>/<version>/<file>`: how messages name an artifact; public routes never see absolute paths."""
+    return "/".join(path.parts[-3:])
+
+
+# Fields the API shows, with the types it can show; anything else a metadata file holds is passed on as is.
+_TYPED_KEYS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "version": (str, int),
+    "architecture": (str,),
+    "preprocessing": (str,),
+    "weights_sha256": (str,),
+    "dataset": (str, type(None)),
+    "created_at": (str, type(None)),
+    "test_accuracy": (float, int, type(None)),
+}
+
+
 def read_metadata(path: Path) -> dict[str, Any]:
     """Metadata of an artifact of either format, read from its zip without loading the network.
 
-    Both torch.jit.save and torch.export.save write extra files as <archive>/extra/<name>.
+    Both torch.jit.save and torch.export.save write extra files as <archive>/extra/<name>. Any way
+    the file can fail to be read (not a zip, no member, not UTF-8, not JSON, wrong types) is an
+    ArtifactError: one unreadable version is refused on its own and breaks nothing else.
     """
     try:
         with zipfile.ZipFile(path) as archive:
             member = next(n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}"))
-            metadata: dict[str, Any] = json.loads(archive.read(member))
-    except (OSError, zipfile.BadZipFile, StopIteration, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: no readable embedded {METADATA_FILE} ({exc!r})") from exc
+            metadata = json.loads(archive.read(member))
+    except Exception as exc:  # zipfile and json raise many types (BadZipFile, UnicodeDecodeError, EOFError, ...)
+        raise ArtifactError(f"{shown(path)}: no readable embedded {METADATA_FILE} ({type(exc).__name__})") from exc
+    if not isinstance(metadata, dict):
+        raise ArtifactError(f"{shown(path)}: {METADATA_FILE} is not a JSON object")
     missing = [key for key in REQUIRED_KEYS if key not in metadata]
     if missing:
-        raise ArtifactError(f"{path}: metadata lacks {', '.join(missing)}")
+        raise ArtifactError(f"{shown(path)}: metadata lacks {', '.join(missing)}")
+    wrong = [key for key, types in _TYPED_KEYS.items() if key in metadata and not isinstance(metadata[key], types)]
+    labels = metadata["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):
+        wrong.append("labels")
+    if wrong:
+        raise ArtifactError(f"{shown(path)}: metadata has values of the wrong type: {', '.join(wrong)}")
     if metadata["preprocessing"] not in RECIPES:
-        raise ArtifactError(f"{path}: unknown preprocessing {metadata['preprocessing']!r}")
+        raise ArtifactError(f"{shown(path)}: unknown preprocessing {metadata['preprocessing']!r:.60}")
     return metadata
+
+
+def public_metadata(value: Any) -> Any:
+    """Metadata as public routes show it: absolute paths (a training run's data_dir) cut to their last part."""
+    if isinstance(value, dict):
+        return {key: public_metadata(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [public_metadata(item) for item in value]
+    if isinstance(value, str) and (value.startswith(("/", "~")) or (len(value) > 2 and value[1:3] == ":\\")):
+        return value.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return value
 
 
 def weights_sha256(module: torch.nn.Module) -> str:
@@ -167,22 +206,22 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
     metadata = read_metadata(path)
     folder = path.parent.name
     if folder.isdigit() and str(metadata["version"]) != folder:
-        raise ArtifactError(f"{path}: metadata says version {metadata['version']}, the folder says {folder}")
+        raise ArtifactError(f"{shown(path)}: metadata says version {metadata['version']}, the folder says {folder}")
     try:
         module = _LOADERS[fmt](path, device)
     except Exception as exc:  # deserialisers raise many types; to callers each is a refused artifact
-        raise ArtifactError(f"{path}: {fmt} load failed: {exc}") from exc
+        raise ArtifactError(f"{shown(path)}: {fmt} load failed: {type(exc).__name__}") from exc
     if weights_sha256(module) != metadata["weights_sha256"]:
-        raise ArtifactError(f"{path}: weights do not match the SHA-256 in the metadata")
+        raise ArtifactError(f"{shown(path)}: weights do not match the SHA-256 in the metadata")
     num_classes = len(metadata["labels"])
     try:
         with torch.inference_mode():
             probe = module(torch.zeros(2, 1, 28, 28, device=device))
     except Exception as exc:  # a program whose input guards refuse [2, 1, 28, 28] cannot serve
-        raise ArtifactError(f"{path}: smoke prediction failed: {exc}") from exc
+        raise ArtifactError(f"{shown(path)}: smoke prediction failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if probe.shape != (2, num_classes) or not torch.allclose(probe.sum(dim=1), torch.ones(2, device=device), atol=1e-4):
         raise ArtifactError(
-            f"{path}: smoke prediction gave {tuple(probe.shape)}, not probabilities over {num_classes} classes"
+            f"{shown(path)}: smoke prediction gave {tuple(probe.shape)}, not probabilities over {num_classes} classes"
         )
     return LoadedModel(
         name=str(metadata["name"]),

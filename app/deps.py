@@ -6,14 +6,14 @@ dependency in its thread pool, a thread hop per dependency per request.
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from app.admin_gate import admin_refusal
 from app.batching import Batcher
 from app.drain import Drainer
-from app.errors import Forbidden, Unauthorized
+from app.errors import Forbidden
 from app.jobs.store import JobStore
 from app.registry import ModelRegistry
 from app.settings import Settings
@@ -56,12 +56,6 @@ JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 
 
 async def require_admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    """Router-level guard of every admin route: a Bearer token equal to PIXELSERVE_ADMIN_TOKEN."""
-    if settings.admin_token is None:
-        raise Forbidden("admin routes are disabled: the server has no PIXELSERVE_ADMIN_TOKEN")
-    if not authorization:
-        raise Unauthorized("admin route: send 'Authorization: Bearer <token>'")
-    scheme, _, token = authorization.partition(" ")
-    expected = settings.admin_token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), expected):
-        raise Forbidden("wrong admin token")
+    """Router-level guard of every admin route (AdminGate has already checked, before the body)."""
+    if (refusal := admin_refusal(settings, authorization)) is not None:
+        raise refusal

@@ -13,7 +13,9 @@ import torch
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from app.admin_gate import AdminGate
 from app.batching import Batcher
+from app.catch_all import CatchAll
 from app.drain import Drainer
 from app.errors import install_error_handlers
 from app.jobs.store import JobStore
@@ -21,7 +23,7 @@ from app.limits import BodySizeLimit
 from app.openapi import install_openapi
 from app.registry import ModelRegistry
 from app.repository import ModelRepository
-from app.routes import api_router
+from app.routes import ADMIN_ROUTERS, api_router
 from app.settings import Settings
 
 logger = logging.getLogger("pixelserve")
@@ -102,4 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     app.include_router(api_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    admin_routes = [route for router in ADMIN_ROUTERS for route in router.routes]
+    app.add_middleware(AdminGate, settings=settings, admin_routes=admin_routes)
+    app.add_middleware(CatchAll)  # added last: the outermost, around everything above
     return app

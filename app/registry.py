@@ -3,11 +3,15 @@
 A swap replaces one dict entry, so a request that already holds the old model finishes with it
 and names its version; the next request gets the new one. A version that fails to load, its
 SHA-256 check or its smoke prediction is refused: the old one keeps serving and the refusal is
-kept in `errors` (shown by GET /models/{name}) until a later version loads.
+kept in `errors` (shown by GET /models/{name}) until a later version loads. Any failure while
+loading one version (an unreadable file, a loader's exception) is that version's refusal only:
+start-up and the other models go on. The name a model is served under is its folder's name, whatever
+its metadata says; a model whose folder is removed from the repository stops being served.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -43,28 +47,59 @@ class ModelRegistry:
 
     def _refresh(self) -> list[str]:
         changed = []
-        for name in self.expected_names():
-            version = self.repository.current_version(name)
-            if version is None:
-                if name not in self.models:
-                    self.errors[name] = f"no version of {name!r} in {self.repository.root}"
-                continue
-            served = self.models.get(name)
-            if (served is not None and served.version == version) or (name, version) in self.refused:
-                continue
+        names = self.expected_names()
+        if self.wanted is None:  # models served until now whose folder has gone are looked at too
+            names = sorted(set(names) | set(self.models))
+        for name in names:
             try:
-                loaded = load_model(self.repository.artifact_path(name, version), self.device)
-                self.models[name] = optimized(loaded) if self.optimize else loaded
-            except ArtifactError as exc:
-                self.refused.add((name, version))
-                self.errors[name] = f"version {version} refused: {exc}"
-                logger.error("model %s version %s refused, %s: %s", name, version,
-                             f"still serving {served.version}" if served else "nothing served", exc)  # fmt: skip
-                continue
-            self.errors.pop(name, None)
-            changed.append(name)
-            logger.info("model %s version %s loaded%s", name, version, f" (was {served.version})" if served else "")
+                if self._refresh_one(name):
+                    changed.append(name)
+            except Exception as exc:  # a flaky volume or a surprising file: this model only
+                self.errors[name] = f"could not be refreshed: {type(exc).__name__}"
+                logger.exception("model %s: refresh failed; keeping what is served", name)
         return changed
+
+    def _refresh_one(self, name: str) -> bool:
+        served = self.models.get(name)
+        if self.repository.root.is_dir() and not self.repository.has_model_folder(name):
+            if served is not None:  # removed on purpose: an unreadable root (a flaky volume) unloads nothing
+                del self.models[name]
+                logger.warning("model %s: its folder was removed from the repository; no longer served", name)
+            self.errors[name] = f"no folder {name!r} in the model repository"
+            return served is not None
+        version = self.repository.current_version(name)
+        if version is None:
+            if served is None:
+                self.errors[name] = f"no version of {name!r} in the model repository"
+            return False
+        if served is not None and served.version == version:
+            return False
+        # The current version; with nothing served yet (start-up), older versions as a fallback, so a
+        # broken newest version does not leave the model unserved (hot reload keeps the old one alike).
+        candidates = [version]
+        if served is None:
+            candidates += [v for v in reversed(self.repository.versions(name)) if int(v) < int(version)]
+        return any(self._load(name, candidate, served, candidate == version) for candidate in candidates)
+
+    def _load(self, name: str, version: str, served: LoadedModel | None, current: bool) -> bool:
+        if (name, version) in self.refused:
+            return False
+        try:
+            loaded = load_model(self.repository.artifact_path(name, version), self.device)
+            loaded = dataclasses.replace(loaded, name=name)  # served under its folder's name
+            self.models[name] = optimized(loaded) if self.optimize else loaded
+        except Exception as exc:  # ArtifactError or anything a loader raises: this version is refused
+            self.refused.add((name, version))
+            reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__} while loading"
+            if current:
+                self.errors[name] = f"version {version} refused: {reason}"
+            still = f"still serving {served.version}" if served else "nothing served"
+            logger.error("model %s version %s refused, %s: %s (%r)", name, version, still, reason, exc.__cause__ or exc)
+            return False
+        if current:
+            self.errors.pop(name, None)
+        logger.info("model %s version %s loaded%s", name, version, f" (was {served.version})" if served else "")
+        return True
 
     @property
     def ready(self) -> bool:

@@ -1,4 +1,8 @@
-"""The model repository on disk: <root>/<name>/<version>/model.pt (and/or model.pt2), versions are positive integers.
+"""The model repository on disk: <root>/<name>/<version>/model.pt (and/or model.pt2).
+
+Names are what MODEL_NAME allows (letters, digits, '_' and '-', no dots: nothing can name a parent
+or a hidden folder) and versions are positive integers in ASCII digits; other folders are never
+read, listed or written, whatever a caller passes.
 
 A model's served version is the one named in <root>/<name>/CURRENT when that file exists (a
 publication or an admin's pin), otherwise its highest version. CURRENT is replaced atomically
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +22,17 @@ from pathlib import Path
 from app.artifacts import TORCHSCRIPT, artifact_file, has_artifact
 
 CURRENT_FILE = "CURRENT"
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"  # the one rule for model names: API bodies use it too
+_MODEL_NAME = re.compile(MODEL_NAME)
+_VERSION = re.compile(r"^[1-9][0-9]{0,17}$")  # ASCII only: '²'.isdigit() is true, int('²') fails
+
+
+def is_model_name(name: str) -> bool:
+    return _MODEL_NAME.fullmatch(name) is not None
+
+
+def is_version(version: str) -> bool:
+    return _VERSION.fullmatch(version) is not None
 
 
 @dataclass(frozen=True)
@@ -27,15 +43,15 @@ class ModelRepository:
     def model_names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and self.versions(p.name)
-        )
+        return sorted(p.name for p in self.root.iterdir() if is_model_name(p.name) and self.versions(p.name))
+
+    def has_model_folder(self, name: str) -> bool:
+        return is_model_name(name) and (self.root / name).is_dir()
 
     def versions(self, name: str) -> list[str]:
-        folder = self.root / name
-        if not folder.is_dir():
+        if not self.has_model_folder(name):
             return []
-        found = [p.name for p in folder.iterdir() if p.name.isdigit() and has_artifact(p)]
+        found = [p.name for p in (self.root / name).iterdir() if is_version(p.name) and has_artifact(p)]
         return sorted(found, key=int)
 
     def read_pointer(self, name: str) -> tuple[str | None, bool]:
@@ -55,6 +71,8 @@ class ModelRepository:
 
     def write_pointer(self, name: str, version: str, pinned: bool) -> None:
         """Atomically point the model at `version`. Callers serialise writers (JobStore.model_lock)."""
+        if not is_model_name(name) or not is_version(version):
+            raise ValueError(f"not a model name and version: {name!r:.80} {version!r:.40}")
         folder = self.root / name
         temporary = folder / f".{CURRENT_FILE}.{uuid.uuid4().hex}"
         with temporary.open("w") as handle:
@@ -69,4 +87,6 @@ class ModelRepository:
             os.close(directory)
 
     def artifact_path(self, name: str, version: str) -> Path:
+        if not is_model_name(name) or not is_version(version):
+            raise ValueError(f"not a model name and version: {name!r:.80} {version!r:.40}")
         return artifact_file(self.root / name / version, self.artifact_format)

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.repository import MODEL_NAME
+
 # The worker's registries (training.networks, training.data) own these names; app/ must not import
 # training/, so they are repeated here and a test keeps the two lists equal.
 Architecture = Literal["cnn5", "fashion_cnn", "fashion_dnn", "fashion_vgg", "mlp", "mnist_cnn"]
@@ -16,7 +18,7 @@ DatasetName = Literal["fashion-mnist", "mnist"]
 class TrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="served model name to publish into")
+    model: str = Field(pattern=MODEL_NAME, description="served model name to publish into")
     architecture: Architecture
     dataset: DatasetName
     epochs: int = Field(5, ge=1, le=100)

@@ -116,14 +116,15 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     size = _length(header_length)
     if size is None or not 0 < size <= len(body):
         raise InvalidInferenceRequest(
-            f"{HEADER_LENGTH} must be a length from 1 to the body's {len(body)} bytes; got {header_length!r}"
+            f"{HEADER_LENGTH} must be a length from 1 to the body's {len(body)} bytes; got {header_length!r:.40}"
         )
     return body[:size], memoryview(body)[size:]
 
 
 def _length(text: str | None) -> int | None:
     digits = (text or "").strip()
-    return int(digits) if digits.isascii() and digits.isdigit() else None
+    # At most 18 digits: any body length fits, and int() never meets Python's 4,300-digit limit.
+    return int(digits) if len(digits) <= 18 and digits.isascii() and digits.isdigit() else None
 
 
 def _input(spec: object, binary: memoryview, max_images: int) -> InputTensor:

@@ -13,7 +13,8 @@ api_router.include_router(models.router)
 api_router.include_router(predict.router)
 api_router.include_router(v2_router)
 
-for admin_router in (train.router, versions.router):
+ADMIN_ROUTERS = (train.router, versions.router)  # app.admin_gate authenticates these paths before their bodies
+for admin_router in ADMIN_ROUTERS:
     api_router.include_router(
         admin_router, dependencies=[Depends(require_admin)], responses=responses(Unauthorized, Forbidden)
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.artifacts import ArtifactError, read_metadata
+from app.artifacts import ArtifactError, public_metadata, read_metadata
 from app.batching import BatchCounters
 from app.deps import BatcherDep, RegistryDep
 from app.errors import ModelNotFound, responses
@@ -49,7 +49,7 @@ def list_models(registry: RegistryDep) -> list[ModelSummary]:
 
 @router.get("/{name}", response_model=ModelDetail, responses=responses(ModelNotFound))
 def get_model(name: str, registry: RegistryDep, batcher: BatcherDep) -> ModelDetail:
-    """One model: its served version, full metadata, and every version in the repository."""
+    """One model: its served version, full metadata (absolute paths cut to their last part), and every version."""
     if name not in registry.models and name not in registry.expected_names():
         registry.get(name)  # raises the 404 naming the served models
     summary = _summary(registry, name)
@@ -60,5 +60,5 @@ def get_model(name: str, registry: RegistryDep, batcher: BatcherDep) -> ModelDet
         **summary.model_dump(),
         batching=BatchingInfo(max_batch_size=policy.max_batch_size, max_delay_ms=policy.max_delay_ms, **counters),
         version_details=[_version_info(registry, name, v) for v in summary.versions],
-        metadata=loaded.metadata if loaded else {},
+        metadata=public_metadata(loaded.metadata) if loaded else {},
     )

@@ -31,13 +31,16 @@ async def activate_version(
     taking over; `{"pin": false}` lets the next publication move on. The version is loaded and
     checked here first, so a broken one is never pointed at."""
     repository = registry.repository
+    # The repository reads only valid names and ASCII-digit versions (no '..', no dot-folders, nothing
+    # outside it): anything else is a version that does not exist.
     if version not in repository.versions(name):
         known = ", ".join(repository.versions(name)) or "none"
-        raise VersionNotFound(f"model {name!r} has no version {version!r}; versions: {known}")
+        raise VersionNotFound(f"model {name!r:.80} has no version {version!r:.40}; versions: {known}")
     try:
         await run_in_threadpool(load_model, repository.artifact_path(name, version), registry.device)
-    except ArtifactError as exc:
-        raise Conflict(f"version {version} cannot be served: {exc}") from None
+    except Exception as exc:  # ArtifactError, or whatever a loader raised: this version cannot serve
+        reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__} while loading"
+        raise Conflict(f"version {version} cannot be served: {reason}") from None
     pin = body.pin if body is not None else True
 
     def switch() -> None:
