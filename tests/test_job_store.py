@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from app.jobs.schema import CANCELLED, INTERRUPTED, QUEUED, RUNNING, SUCCEEDED
-from app.jobs.store import JobStore
+from app.jobs.store import STOP_CANCELLED, STOP_LOST, JobStore
 
 REQUEST = {"architecture": "mlp", "dataset": "mnist", "epochs": 1}
 
@@ -106,3 +108,31 @@ def test_model_lock_serialises_writers(store_url: str) -> None:
     for thread in threads:
         thread.join()
     assert overlaps[0] == 1
+
+
+def test_ids_the_column_cannot_hold_are_not_found(store_url: str) -> None:
+    store = JobStore(store_url)
+    store.create("mnist", REQUEST)
+    for job_id in (store.max_id + 1, 2**63, 2**64, -1, 0):  # PostgreSQL's int4 ends at 2**31 - 1
+        assert store.get(job_id) is None and store.cancel(job_id) is None
+    assert store.get(store.max_id) is None and store.cancel(store.max_id) is None  # held, just not there
+
+
+def test_stop_reason_and_a_finish_inside_the_model_lock(store_url: str) -> None:
+    store = JobStore(store_url)
+    job_id = store.create("mnist", REQUEST)[0]["id"]
+    assert store.stop_reason(job_id, "w1") == STOP_LOST  # queued: not this worker's
+    store.claim("w1", 30)
+    assert store.stop_reason(job_id, "w1") is None
+    assert store.stop_reason(job_id, "w2") == STOP_LOST
+    with pytest.raises(RuntimeError), store.model_lock("mnist") as conn:  # a failed publication rolls back
+        assert store.stop_reason(job_id, "w1", conn=conn) is None
+        assert store.finish(job_id, "w1", SUCCEEDED, version="2", conn=conn)
+        raise RuntimeError("the rename failed")
+    assert store.get(job_id)["status"] == RUNNING  # type: ignore[index]
+    store.cancel(job_id)
+    assert store.stop_reason(job_id, "w1") == STOP_CANCELLED
+    with store.model_lock("mnist") as conn:
+        assert store.stop_reason(job_id, "w1", conn=conn) == STOP_CANCELLED
+    assert store.finish(job_id, "w1", CANCELLED, error="cancelled")
+    assert store.stop_reason(job_id, "w1") == STOP_LOST  # ended: nothing left to go on with

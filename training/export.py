@@ -157,6 +157,12 @@ def write_exported(program: torch.export.ExportedProgram, metadata: dict[str, An
     return path
 
 
+def rename_into_place(staging: Path, target: Path) -> None:
+    """The step that makes a version visible: one rename (whole or not at all), then made durable."""
+    os.rename(staging, target)
+    fsync_dir(target.parent)
+
+
 def export_model(
     repository: Path,
     name: str,
@@ -164,13 +170,15 @@ def export_model(
     data: LoadedDataset,
     result: TrainResult,
     validate: Callable[[Path], None] | None = None,
+    commit: Callable[[Path, Path], None] = rename_into_place,
 ) -> Path:
     """Write the trained model as the next version of `name`; returns the version folder.
 
     Both formats are written into one folder under a temporary name, fsynced, each checked by
-    `validate` (which raises to refuse), then the folder is renamed: a reader never sees a
-    half-written version. Two exports racing for one number: the loser's rename fails and it
-    takes the next.
+    `validate` (which raises to refuse), then `commit(staging, target)` renames the folder: a
+    reader never sees a half-written version. A publisher's commit renames under its lock and
+    may raise instead, leaving nothing behind. Two exports racing for one number: the loser's
+    rename fails and it takes the next.
     """
     model_dir = repository / name
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -196,8 +204,7 @@ def export_model(
             target = model_dir / version
             if target.exists():
                 continue
-            os.rename(staging, target)
-            fsync_dir(model_dir)
+            commit(staging, target)
             return target
         except OSError:
             if (model_dir / version).exists():

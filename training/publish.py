@@ -3,25 +3,30 @@
 1. export_model writes the artifact under a temporary name and fsyncs it;
 2. the staged file is validated with the server's own loader: it loads, passes its SHA-256 and
    smoke checks, and classifies held-out test images at or above the accuracy floor;
-3. it is renamed into <repository>/<name>/<version> (a rename either happens whole or not at all);
-4. under the job store's per-model lock, CURRENT moves forward to it, unless an admin pinned a
-   version or a newer one is already current.
+3. in one transaction under the job store's per-model lock: the job is re-read (still running,
+   still this worker's, no cancel requested), the folder is renamed into
+   <repository>/<name>/<version> (whole or not at all), CURRENT moves forward to it unless an
+   admin pinned a version or a newer one is already current, and the job is marked succeeded.
+   A cancel is therefore either seen here (nothing is renamed in: a version folder without
+   CURRENT would be served as the highest) or comes after the job ended (a 409).
 A crash at any point leaves either nothing visible or a complete, valid version.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from app.artifacts import ArtifactError, load_model
-from app.jobs.store import JobStore
+from app.jobs.schema import SUCCEEDED
+from app.jobs.store import STOP_CANCELLED, STOP_LOST, JobStore
 from app.repository import ModelRepository
 from training.config import TrainConfig
 from training.data import LoadedDataset
-from training.export import export_model
+from training.export import export_model, rename_into_place
 from training.loop import TrainResult, to_input
 
 VALIDATION_IMAGES = 2000
@@ -29,6 +34,14 @@ VALIDATION_IMAGES = 2000
 
 class PublicationRefused(Exception):
     """The trained model failed validation; nothing was published."""
+
+
+class JobStopped(PublicationRefused):
+    """The job was cancelled, or this worker lost it, before publication; nothing was published."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"job {reason} before publication: nothing published")
+        self.cancelled = reason == STOP_CANCELLED
 
 
 def held_out_accuracy(path: Path, data: LoadedDataset) -> float:
@@ -46,9 +59,17 @@ def publish(
     data: LoadedDataset,
     result: TrainResult,
     min_accuracy: float,
-    still_owner: Callable[[], bool] = lambda: True,
+    job: tuple[int, str] | None = None,
+    stop_reason: Callable[[], str | None] = lambda: None,
 ) -> tuple[str, bool]:
-    """Publish; returns (version, whether it became current)."""
+    """Publish; returns (version, whether it became current).
+
+    `job` (id, worker id): publish only while that worker still runs it uncancelled, checked in
+    the publishing transaction, which also marks it succeeded. `stop_reason` is a cheaper early
+    check after validation, so a job cancelled meanwhile does not wait for the lock."""
+    name = config.model_name
+    models = ModelRepository(repository)
+    activated: list[bool] = []
 
     def validate(staged: Path) -> None:
         try:
@@ -59,18 +80,30 @@ def publish(
             raise PublicationRefused(
                 f"accuracy {accuracy:.4f} on {VALIDATION_IMAGES} test images is below the floor {min_accuracy:.4f}"
             )
-        if not still_owner():
-            raise PublicationRefused("this worker lost the job (lease expired or cancelled) before publication")
+        if (reason := stop_reason()) is not None:
+            raise JobStopped(reason)
 
-    folder = export_model(repository, config.model_name, config, data, result, validate=validate)
-    version = folder.name
-    models = ModelRepository(repository)
-    with store.model_lock(config.model_name):
-        current, pinned = models.read_pointer(config.model_name)
-        if current is None:
-            versions = [v for v in models.versions(config.model_name) if v != version]
-            current = versions[-1] if versions else None
-        activate = not pinned and (current is None or int(version) > int(current))
-        if activate:
-            models.write_pointer(config.model_name, version, pinned=False)
-    return version, activate
+    def commit(staging: Path, target: Path) -> None:
+        with store.model_lock(name) as conn:
+            if job is not None:
+                reason = store.stop_reason(*job, conn=conn)
+                if reason is not None or not store.finish(*job, SUCCEEDED, version=target.name, conn=conn):
+                    raise JobStopped(reason or STOP_LOST)  # rolls back; export_model removes the staging folder
+            rename_into_place(staging, target)  # an OSError here: the number was taken, try the next
+            try:
+                current, pinned = models.read_pointer(name)
+                if current is None:
+                    versions = [v for v in models.versions(name) if v != target.name]
+                    current = versions[-1] if versions else None
+                activate = not pinned and (current is None or int(target.name) > int(current))
+                if activate:
+                    models.write_pointer(name, target.name, pinned=False)
+            except Exception as exc:
+                # The transaction rolls back (the job stays running): take the folder out again rather
+                # than leave a version no job published, and not as an OSError, which export_model retries.
+                shutil.rmtree(target, ignore_errors=True)
+                raise RuntimeError(f"publication of {name} version {target.name} failed: {exc}") from exc
+            activated.append(activate)
+
+    folder = export_model(repository, name, config, data, result, validate=validate, commit=commit)
+    return folder.name, activated[0]

@@ -21,17 +21,21 @@ from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.exc import SQLAlchemyError
 
-from app.jobs.schema import CANCELLED, FAILED, SUCCEEDED
-from app.jobs.store import Job, JobStore
+from app.jobs.schema import CANCELLED, FAILED
+from app.jobs.store import STOP_CANCELLED, STOP_LOST, Job, JobStore
 from training.config import TrainConfig
 from training.data import LoadedDataset, load_dataset
 from training.datasets import dataset_folder
 from training.loop import EpochMetrics, TrainingCancelled, train
-from training.publish import PublicationRefused, publish
+from training.publish import JobStopped, PublicationRefused, publish
 
 logger = logging.getLogger("pixelserve.worker")
 STALE_STAGING_S = 3600
+# How often the training loop asks the store whether its job was cancelled or taken away: a cancel
+# stops training within this or one step, whichever is longer, for one small query per interval.
+STOP_POLL_S = 0.5
 
 
 class WorkerSettings(BaseSettings):
@@ -66,6 +70,7 @@ class JobRun:
         self.lost = threading.Event()
         self.cancelled = threading.Event()
         self._done = threading.Event()
+        self._polled_at = float("-inf")
 
     def _beat(self) -> None:
         while not self._done.wait(self.settings.lease_s / 3):
@@ -75,8 +80,32 @@ class JobRun:
             if self.store.cancel_requested(self.job["id"]):
                 self.cancelled.set()
 
+    def _poll(self, force: bool = False) -> None:
+        """Read the job's row (the heartbeat's every lease/3 is too slow for a cancel)."""
+        now = time.monotonic()
+        if not force and now - self._polled_at < STOP_POLL_S:
+            return
+        self._polled_at = now
+        try:
+            reason = self.store.stop_reason(self.job["id"], self.settings.worker_id)
+        except SQLAlchemyError as exc:  # a store hiccup is not a cancel; the lease decides ownership
+            logger.warning("job %s: could not check for a cancel: %s", self.job["id"], exc)
+            return
+        if reason == STOP_CANCELLED:
+            self.cancelled.set()
+        elif reason == STOP_LOST:
+            self.lost.set()
+
     def should_stop(self) -> bool:
+        """Called by the training loop before every step."""
+        if not (self.lost.is_set() or self.cancelled.is_set()):
+            self._poll()
         return self.lost.is_set() or self.cancelled.is_set()
+
+    def stop_reason(self) -> str | None:
+        """A fresh check, for publish() after validation."""
+        self._poll(force=True)
+        return STOP_LOST if self.lost.is_set() else STOP_CANCELLED if self.cancelled.is_set() else None
 
     def on_step(self, epoch: int, step: int, steps: int) -> None:
         self.progress = {"epoch": epoch, "epochs": self.config.epochs, "step": step, "steps": steps}
@@ -108,18 +137,20 @@ class JobRun:
             config, data = self.config, self.load_data()
             result = train(config, data, self.on_epoch, self.on_step, self.should_stop, progress=False)
             floor = max(self.settings.min_publish_accuracy, self.job["request"].get("min_accuracy") or 0.0)
+            # publish() marks the job succeeded in the transaction that publishes it.
             version, current = publish(
                 self.settings.model_repository, self.store, config, data, result, floor,
-                still_owner=lambda: not self.should_stop(),
+                job=(job_id, worker_id), stop_reason=self.stop_reason,
             )  # fmt: skip
             logger.info("job %s published %s version %s%s", job_id, config.model_name, version,
                         "" if current else " (not current: a version is pinned or newer)")  # fmt: skip
-            self.store.finish(job_id, worker_id, SUCCEEDED, version=version)
-        except TrainingCancelled:
-            if self.lost.is_set():
-                logger.warning("job %s: lease lost, stopped without publishing", job_id)
+        except (TrainingCancelled, JobStopped) as exc:
+            if self.lost.is_set() or (isinstance(exc, JobStopped) and not exc.cancelled):
+                logger.warning("job %s: lost (lease expired or reaped), stopped without publishing", job_id)
             else:
-                self.store.finish(job_id, worker_id, CANCELLED, error="cancelled while running")
+                error = str(exc) or "cancelled while running"
+                logger.info("job %s: %s", job_id, error)
+                self.store.finish(job_id, worker_id, CANCELLED, error=error)
         except PublicationRefused as exc:
             self.store.finish(job_id, worker_id, CANCELLED if self.cancelled.is_set() else FAILED, error=str(exc))
         except Exception as exc:  # a job's failure must not kill the worker

@@ -27,6 +27,8 @@ from app.jobs.schema import (
 )
 
 Job = dict[str, Any]
+# Why a worker must stop a job (JobStore.stop_reason).
+STOP_CANCELLED, STOP_LOST = "cancelled", "lost"
 
 
 def make_engine(url: str) -> Engine:
@@ -51,6 +53,9 @@ class JobStore:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self.is_postgres = self.engine.dialect.name == "postgresql"
+        # The id column is an Integer: PostgreSQL's int4 (SERIAL), SQLite's 64-bit INTEGER. A larger
+        # id would overflow in the driver (a 500); no job can have it, so it is simply not found.
+        self.max_id = 2**31 - 1 if self.is_postgres else 2**63 - 1
         with self.engine.begin() as conn:
             if self.is_postgres:  # concurrent first start-ups: one creates the schema, others wait
                 conn.execute(text("SELECT pg_advisory_xact_lock(732001)"))
@@ -93,7 +98,13 @@ class JobStore:
             row = conn.execute(select(jobs).where(jobs.c.idempotency_key == key)).mappings().first()
         return dict(row) if row else None
 
+    def holds(self, job_id: int) -> bool:
+        """Whether job_id is an id this store's column can hold (1 up to its integer's maximum)."""
+        return 1 <= job_id <= self.max_id
+
     def get(self, job_id: int) -> Job | None:
+        if not self.holds(job_id):
+            return None
         with self.engine.connect() as conn:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
         return dict(row) if row else None
@@ -107,6 +118,8 @@ class JobStore:
 
     def cancel(self, job_id: int) -> Job | None:
         """A queued job is cancelled at once; a running one is asked to stop at its next step."""
+        if not self.holds(job_id):
+            return None
         with self.engine.begin() as conn:
             now = self.now(conn)
             conn.execute(
@@ -162,6 +175,22 @@ class JobStore:
         with self.engine.connect() as conn:
             return bool(conn.execute(select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar_one())
 
+    def stop_reason(self, job_id: int, worker_id: str, conn: Connection | None = None) -> str | None:
+        """None while `worker_id` may go on with the job; else STOP_CANCELLED or STOP_LOST.
+
+        Given model_lock's connection, the answer holds until that transaction ends: PostgreSQL
+        locks the row (a concurrent cancel waits for the commit), SQLite's BEGIN IMMEDIATE already
+        keeps every other writer out."""
+        query = select(jobs.c.status, jobs.c.worker_id, jobs.c.cancel_requested).where(jobs.c.id == job_id)
+        if conn is None:  # a poll: nothing to hold
+            with self.engine.connect() as own:
+                row = own.execute(query).first()
+        else:
+            row = conn.execute(query.with_for_update() if self.is_postgres else query).first()
+        if row is None or row.status != RUNNING or row.worker_id != worker_id:
+            return STOP_LOST
+        return STOP_CANCELLED if row.cancel_requested else None
+
     def add_epoch(self, job_id: int, worker_id: str, metrics: dict[str, Any]) -> None:
         with self.engine.begin() as conn:
             current = conn.execute(select(jobs.c.metrics).where(jobs.c.id == job_id)).scalar_one()
@@ -172,16 +201,25 @@ class JobStore:
             )
 
     def finish(
-        self, job_id: int, worker_id: str, status: str, version: str | None = None, error: str | None = None
+        self,
+        job_id: int,
+        worker_id: str,
+        status: str,
+        version: str | None = None,
+        error: str | None = None,
+        conn: Connection | None = None,
     ) -> bool:
-        """Record the outcome; False if the job was reaped from this worker meanwhile."""
+        """Record the outcome; False if the job was reaped from this worker meanwhile. Given a
+        connection (model_lock's), in that transaction: a publication and its job's end commit together."""
         assert status in FINISHED
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id, jobs.c.status == RUNNING)
-                .values(status=status, version=version, error=error, finished_at=self.now(conn), lease_expires_at=None)
-            )
+        if conn is None:
+            with self.engine.begin() as own:
+                return self.finish(job_id, worker_id, status, version, error, own)
+        result = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id, jobs.c.status == RUNNING)
+            .values(status=status, version=version, error=error, finished_at=self.now(conn), lease_expires_at=None)
+        )
         return result.rowcount == 1
 
     def reap(self, max_attempts: int) -> list[int]:
@@ -205,8 +243,11 @@ class JobStore:
         return [row[0] for row in expired]
 
     @contextmanager
-    def model_lock(self, model: str) -> Iterator[None]:
-        """Serialise moves of one model's CURRENT pointer across every host that shares this store."""
+    def model_lock(self, model: str) -> Iterator[Connection]:
+        """Serialise moves of one model's CURRENT pointer across every host that shares this store.
+
+        Yields the lock's connection: checks and writes made on it (stop_reason, finish) commit or
+        roll back together with the lock's transaction."""
         with self.engine.begin() as conn:
             if self.is_postgres:
                 conn.execute(
@@ -215,4 +256,4 @@ class JobStore:
                 conn.execute(select(model_locks).where(model_locks.c.model == model).with_for_update())
             else:  # BEGIN IMMEDIATE already holds SQLite's write lock for this transaction
                 conn.execute(text("INSERT OR IGNORE INTO pixelserve_model_locks (model) VALUES (:m)"), {"m": model})
-            yield
+            yield conn
