@@ -7,6 +7,7 @@ import typing
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -91,6 +92,33 @@ def test_idempotency_key(admin: TestClient) -> None:
     assert len(admin.get("/train", headers=AUTH).json()) == 1
 
 
+@pytest.mark.parametrize("where", ["header", "body"])
+def test_idempotency_key_with_a_different_body_is_a_conflict(admin: TestClient, where: str) -> None:
+    def post(body: dict[str, object]) -> httpx.Response:
+        if where == "header":
+            return admin.post("/train", json=body, headers={**AUTH, "Idempotency-Key": "k-9"})
+        return admin.post("/train", json={**body, "idempotency_key": "k-9"}, headers=AUTH)
+
+    first = post(JOB)
+    assert first.status_code == 202
+    for changed in ({**JOB, "epochs": 2}, {**JOB, "lr": 0.01}, {**JOB, "model": "other"}):
+        refused = post(changed)
+        assert refused.status_code == 409 and refused.json()["code"] == "conflict"
+        assert "'k-9'" in refused.json()["error"] and str(first.json()["id"]) in refused.json()["error"]
+    # Defaults spelled out are the same request as defaults left out: the stored body is normalised.
+    same = post({**JOB, "batch_size": 128, "lr": 3e-3, "augment": True})
+    assert same.status_code == 200 and same.json()["id"] == first.json()["id"]
+    assert len(admin.get("/train", headers=AUTH).json()) == 1
+
+
+@pytest.mark.parametrize("job_id", [2**63, 2**64, -1, 0])
+def test_ids_no_job_can_have_are_not_found(admin: TestClient, job_id: int) -> None:
+    admin.post("/train", json=JOB, headers=AUTH)
+    for response in (admin.get(f"/train/{job_id}", headers=AUTH), admin.post(f"/train/{job_id}/cancel", headers=AUTH)):
+        assert response.status_code == 404
+        assert response.json() == {"error": f"no training job {job_id}", "code": "job_not_found"}
+
+
 @pytest.mark.parametrize(
     "change,needle",
     [
@@ -135,6 +163,6 @@ def test_activate_pins_and_rolls_back(admin: TestClient, repository: Path) -> No
 
 def test_openapi_declares_admin_statuses(admin: TestClient) -> None:
     paths = admin.get("/openapi.json").json()["paths"]
-    assert {"202", "200", "401", "403", "422"} <= set(paths["/train"]["post"]["responses"])
+    assert {"202", "200", "401", "403", "409", "422"} <= set(paths["/train"]["post"]["responses"])
     assert {"401", "403", "404", "409"} <= set(paths["/train/{job_id}/cancel"]["post"]["responses"])
     assert {"401", "403", "404", "409"} <= set(paths["/models/{name}/versions/{version}/activate"]["post"]["responses"])

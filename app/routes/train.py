@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
 from app.deps import JobStoreDep, SettingsDep
 from app.errors import Conflict, JobNotFound, responses
 from app.jobs.models import JobView, TrainRequest, job_view
-from app.jobs.schema import FINISHED
+from app.jobs.schema import CANCELLED, FINISHED
 
 router = APIRouter(prefix="/train", tags=["admin: training"])  # admin-only: see app/routes/__init__.py
 
@@ -18,7 +19,10 @@ router = APIRouter(prefix="/train", tags=["admin: training"])  # admin-only: see
     "",
     status_code=202,
     response_model=JobView,
-    responses={200: {"model": JobView, "description": "an earlier job with this idempotency key"}},
+    responses={
+        200: {"model": JobView, "description": "an earlier job with this idempotency key and the same body"},
+        **responses(Conflict),
+    },
 )
 def start_training(
     body: TrainRequest,
@@ -28,13 +32,23 @@ def start_training(
 ) -> JobView:
     """Queue a training job: 202 with its id and a Location header.
 
-    A repeated idempotency key (header or body) returns the first job, with 200."""
+    A repeated idempotency key (header or body) with the same body returns the first job, with
+    200; with a different body it is refused with 409, as payment APIs do: the client reused a
+    key by mistake, and answering with a job it did not ask for would hide that."""
     request = body.model_dump(exclude={"idempotency_key"})
-    job, created = store.create(body.model, request, idempotency_key or body.idempotency_key)
+    key = idempotency_key or body.idempotency_key
+    job, created = store.create(body.model, request, key)
+    if not created and _normalised(job["request"]) != _normalised(request):
+        raise Conflict(f"idempotency key {key!r} was used for job {job['id']} with a different request body")
     response.headers["Location"] = f"/train/{job['id']}"
     if not created:
         response.status_code = 200
     return job_view(job)
+
+
+def _normalised(request: dict[str, Any]) -> Any:
+    """The request as the store holds it (JSON), so a float or tuple compares as it was stored."""
+    return json.loads(json.dumps(request, sort_keys=True))
 
 
 @router.get("", response_model=list[JobView])
@@ -69,4 +83,6 @@ def cancel_job(job_id: int, store: JobStoreDep) -> JobView:
         raise Conflict(f"job {job_id} already ended: {before['status']}")
     job = store.cancel(job_id)
     assert job is not None
+    if job["status"] != CANCELLED and not job["cancel_requested"]:  # it ended (published) meanwhile
+        raise Conflict(f"job {job_id} already ended: {job['status']}")
     return job_view(job)
