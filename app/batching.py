@@ -7,6 +7,10 @@ batch) up to `max_batch_size` images, and waits for more at most `max_delay_ms` 
 and only while other requests are still being received: at concurrency 1 nothing ever waits.
 It prepares each item on its own (a bad image fails only its own request), runs the model once,
 and resolves the futures of each event loop with one callback.
+
+A request whose images are costly to decode (`heavy`: many pixels, app/upload_cost.py) is first
+prepared in the large-image lane, one thread of its own, and joins the queue as plain pixels: a big
+upload then delays other big uploads, never the forward passes of everyone else's small ones.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -73,6 +79,14 @@ class _Work:
     result: Probabilities | BaseException | None = None
 
 
+def _given(pixels: np.ndarray) -> np.ndarray:
+    return pixels
+
+
+def _reraise(exc: BaseException) -> np.ndarray:
+    raise exc
+
+
 def _resolve(batch: list[_Work]) -> None:
     """On the event loop: hand each request its answer (unless its client has gone)."""
     for work in batch:
@@ -95,6 +109,9 @@ class Batcher:
         self.counters: dict[str, BatchCounters] = {}
         self._counters_lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, name=f"inference-{i}", daemon=True) for i in range(threads)]
+        # One thread: heavy requests queue behind each other here, and take at most one core from the rest.
+        self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="large-images")
+        self.lane_requests = 0  # requests prepared in the lane since start-up
         for thread in self._threads:
             thread.start()
 
@@ -116,18 +133,42 @@ class Batcher:
                 if self._waiting and self._arriving == 0:
                     self._cond.notify_all()
 
-    def submit(self, model: LoadedModel, prepare: Prepare, images: int = 1) -> asyncio.Future[Probabilities]:
+    def submit(
+        self, model: LoadedModel, prepare: Prepare, images: int = 1, heavy: bool = False
+    ) -> asyncio.Future[Probabilities]:
+        """Queue a request; `heavy`: run `prepare` in the large-image lane first, then queue its pixels."""
         loop = asyncio.get_running_loop()
-        work = _Work(model, prepare, images, loop.create_future(), loop, time.monotonic())
+        future: asyncio.Future[Probabilities] = loop.create_future()
+        if heavy:
+            with self._cond:
+                if self._closing:
+                    raise RuntimeError("the batcher is shut down")
+            self._lane.submit(self._prepare_in_lane, _Work(model, prepare, images, future, loop, 0.0))
+        else:
+            self._enqueue(_Work(model, prepare, images, future, loop, time.monotonic()))
+        return future
+
+    def _enqueue(self, work: _Work) -> None:
         with self._cond:
             if self._closing:
                 raise RuntimeError("the batcher is shut down")
             self._queue.append(work)
             self._cond.notify()
-        return work.future
+
+    def _prepare_in_lane(self, work: _Work) -> None:
+        """In the lane thread: decode, then queue the pixels (or the error, so it is counted as any failure)."""
+        with self._counters_lock:
+            self.lane_requests += 1
+        try:
+            ready = partial(_given, work.prepare())
+        except Exception as exc:  # its own 4xx (or 500), raised again by the inference thread
+            ready = partial(_reraise, exc)
+        work.prepare, work.enqueued = ready, time.monotonic()
+        self._enqueue(work)
 
     def close(self) -> None:
         """Finish what is queued, then stop the threads."""
+        self._lane.shutdown(wait=True)  # first: what the lane finishes still joins the queue
         with self._cond:
             self._closing = True
             self._cond.notify_all()

@@ -3,12 +3,13 @@
 Any format the service accepts, any size and mode: palette, 1-bit, 16-bit, CMYK, alpha (composited
 onto a background that contrasts with the drawing), EXIF orientation, animated files (first frame).
 Pillow's own decompression-bomb guard stays on; the service's pixel limit is checked before any
-pixel is decoded.
+pixel is decoded, against the size a large JPEG really decodes at (draft mode: 1/2 to 1/8 scale).
 """
 
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -24,7 +25,11 @@ _ORIENTATION = 0x0112  # EXIF tag
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Identify and check an upload without decoding its pixels."""
+    """Identify and check an upload without decoding its pixels; a large JPEG is set to decode scaled down.
+
+    The limit applies to the pixels that will really be decoded: a 48 MP JPEG decodes at 1/8 scale
+    (draft), so it costs, and counts, what a 0.75 MP image does.
+    """
     try:
         # No warnings.catch_warnings here: it is not thread-safe, and requests decode in threads.
         # Pillow's own guard raises past twice its limit; our limit below is far lower anyway.
@@ -35,12 +40,40 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise UnsupportedImage(f"not an image in a supported format; accepted: {', '.join(ACCEPTED_FORMATS)}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # a recognised header, then garbage
         raise UnsupportedImage(f"image header could not be read: {exc}") from None
+    declared = image.size
+    _draft(image)
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageTooLarge(f"image has {width}x{height} pixels; the limit is {max_pixels} pixels")
+        scaled = f" (decoded at {width}x{height})" if image.size != declared else ""
+        raise ImageTooLarge(
+            f"image has {declared[0]}x{declared[1]} pixels{scaled}; the limit is {max_pixels} pixels per image"
+        )
     if width == 0 or height == 0:
         raise InvalidImage("image has no pixels")
     return image
+
+
+def _draft(image: Image.Image) -> None:
+    """A JPEG at least twice WORKING_SIDE long decodes at 1/2, 1/4 or 1/8 scale, its longest side still >= WORKING_SIDE.
+
+    libjpeg scales in the DCT, so the full-size pixels are never made: a phone photo decodes 4-16x
+    cheaper. Grayscale straight from the luma channel (the same weights as Pillow's "L"). Smaller
+    images are left alone, so their pixels, and the recipe's output, are exactly as before.
+    """
+    width, height = image.size
+    longest = max(width, height)
+    if image.format not in ("JPEG", "MPO") or longest < 2 * WORKING_SIDE:
+        return
+    # Ask for the working size in the image's own aspect: Pillow picks the largest scale that keeps
+    # both sides at least this big.
+    wanted = (max(1, math.ceil(width * WORKING_SIDE / longest)), max(1, math.ceil(height * WORKING_SIDE / longest)))
+    image.draft("L" if image.mode in ("L", "RGB") else image.mode, wanted)
+
+
+def decoded_size(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """Width and height the image will be decoded at (after any draft scaling), from its header alone."""
+    size: tuple[int, int] = open_image(data, max_pixels).size
+    return size
 
 
 def _load_pixels(image: Image.Image) -> Image.Image:
@@ -73,6 +106,8 @@ def _gray_and_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         return np.clip(values / full_scale, 0.0, 1.0), None
     if mode == "F":
         values = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(values).all():  # NaN would reach the recipe's arithmetic; inf would set the scale
+            raise InvalidImage("image holds NaN or infinite pixel values (a float image); every pixel must be finite")
         scale = 1.0 if values.max(initial=0) <= 1.0 else 255.0
         return np.clip(values / scale, 0.0, 1.0), None
     if mode not in ("L", "1", "P", "RGB"):

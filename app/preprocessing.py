@@ -82,6 +82,9 @@ def garment_recipe(gray: np.ndarray) -> np.ndarray:
 
 def apply_recipe(gray: np.ndarray, recipe: str) -> np.ndarray:
     """float32 [H, W] light on dark -> float32 [28, 28] in [0, 1]."""
+    # NaN passes every clip and comparison and would reach round(); one sum catches it, and +-inf.
+    if not np.isfinite(gray.sum(dtype=np.float64)):
+        raise InvalidImage("image holds NaN or infinite pixel values; every pixel must be finite")
     if recipe == "digit":
         return digit_recipe(gray)
     if recipe == "garment":

@@ -1,8 +1,10 @@
 """An input tensor's values -> float32 [N, 28, 28] pixels in [0, 1], in the inference thread.
 
-`to_pixels` is a batch item's `prepare` (app/batching.py): whatever is wrong with the values (a
+`plan` gives a batch item's `prepare` (app/batching.py): whatever is wrong with the values (a
 count that does not match the shape, NaN, a pixel out of range, a file that does not decode) raises
-a PixelserveError that fails this request alone, with its 4xx.
+a PixelserveError that fails this request alone, with its 4xx. A BYTES tensor's files are taken
+apart and their headers measured first (app/upload_cost.py): over the per-request pixel budget is
+a 413 before any decoding, and a costly one is decoded in the large-image lane.
 """
 
 from __future__ import annotations
@@ -11,13 +13,31 @@ import base64
 import binascii
 import math
 import struct
+from functools import partial
 
 import numpy as np
 
+from app.batching import Prepare
 from app.errors import InvalidImage, InvalidInferenceRequest, PixelserveError
 from app.inference import preprocess
 from app.oip.codec import InputTensor
 from app.oip.metadata import SIDE
+from app.settings import Settings
+from app.upload_cost import is_heavy, request_pixels
+
+
+def plan(tensor: InputTensor, recipe: str, settings: Settings) -> tuple[Prepare, bool]:
+    """The tensor's `prepare`, and whether it is heavy (BYTES decoding many pixels: the large-image lane)."""
+    if tensor.datatype != "BYTES":
+        return partial(to_pixels, tensor, recipe, settings.max_image_pixels), False
+    where = f"input {tensor.name!r}"
+    files = _files(tensor, where)
+    pixels = request_pixels(files, settings, partial(_place, where, len(files)))
+    return partial(_images, files, recipe, settings.max_image_pixels, where), is_heavy(pixels, settings)
+
+
+def _place(where: str, count: int, position: int) -> str:
+    return f"{where}, element {position + 1} of {count}"
 
 
 def to_pixels(tensor: InputTensor, recipe: str, max_pixels: int) -> np.ndarray:
@@ -63,6 +83,9 @@ def _files(tensor: InputTensor, where: str) -> list[bytes]:
     files = _unpack(tensor.raw, expected, where) if tensor.raw is not None else _base64(tensor.data, where)
     if len(files) != expected:
         raise InvalidInferenceRequest(f"{where}: shape {list(tensor.shape)} holds {expected} files; got {len(files)}")
+    for position, data in enumerate(files):
+        if not data:  # before the headers are read: an empty element is a 422, not an unknown format
+            raise InvalidImage(f"{_place(where, len(files), position)}: the file is empty")
     return files
 
 
@@ -105,9 +128,7 @@ def _base64(data: object, where: str) -> list[bytes]:
 def _images(files: list[bytes], recipe: str, max_pixels: int, where: str) -> np.ndarray:
     pixels = np.empty((len(files), SIDE, SIDE), dtype=np.float32)
     for position, data in enumerate(files):
-        place = f"{where}, element {position + 1} of {len(files)}"
-        if not data:
-            raise InvalidImage(f"{place}: the file is empty")
+        place = _place(where, len(files), position)
         try:
             pixels[position] = preprocess(data, recipe, max_pixels)
         except PixelserveError as exc:

@@ -23,6 +23,7 @@ from app.errors import (
 from app.inference import Prediction, prepare_uploads
 from app.multipart import boundary_of, iter_parts
 from app.schemas import PredictionBody
+from app.upload_cost import is_heavy, request_pixels
 
 router = APIRouter(prefix="/predict", tags=["predict"])
 
@@ -80,6 +81,10 @@ async def read_uploads(request: Request, max_images: int) -> list[bytes]:
     return images
 
 
+def _place(count: int, position: int) -> str:
+    return f"file {position + 1} of {count}" if count > 1 else ""
+
+
 @router.post(
     "/{name}",
     response_model=PredictionBody | list[PredictionBody],
@@ -107,14 +112,17 @@ async def predict(
 
     One image answers one object; several `file` parts (at most PIXELSERVE_MAX_IMAGES_PER_REQUEST)
     answer a list in the order they were sent. Accepts PNG, JPEG, GIF, BMP, WebP and TIFF of any
-    size and mode; the model's own recipe (digit or garment) turns each into the 28x28 input its
-    dataset used. Concurrent requests share forward passes (adaptive batching).
+    mode, up to PIXELSERVE_MAX_IMAGE_PIXELS each and PIXELSERVE_MAX_REQUEST_PIXELS together (as
+    decoded: a large JPEG decodes scaled down), checked before decoding (413); the model's own
+    recipe (digit or garment) turns each into the 28x28 input its dataset used. Concurrent requests
+    share forward passes (adaptive batching); large images decode in a lane of their own.
     """
     model = registry.get(name)
     with batcher.receiving():
         images = await read_uploads(request, settings.max_images_per_request)
+        pixels = request_pixels(images, settings, partial(_place, len(images)))
         prepare = partial(prepare_uploads, images, model.recipe, settings.max_image_pixels)
-        answer = batcher.submit(model, prepare, len(images))
+        answer = batcher.submit(model, prepare, len(images), heavy=is_heavy(pixels, settings))
     rows = await answer
     predictions = [Prediction(model.name, model.version, model.labels, row).to_json(top_k) for row in rows]
     return JSONResponse(predictions[0] if len(images) == 1 else predictions)

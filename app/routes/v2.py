@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from app.artifacts import LoadedModel
 from app.batching import Batcher
@@ -29,9 +30,9 @@ from app.errors import (
     VersionNotFound,
     responses,
 )
-from app.oip.codec import HEADER_LENGTH, read_request
+from app.oip.codec import HEADER_LENGTH, INLINE_JSON_BYTES, read_request
 from app.oip.metadata import EXTENSIONS, SERVER_NAME, model_metadata
-from app.oip.pixels import to_pixels
+from app.oip.pixels import plan
 from app.oip.response import build_response
 from app.oip.schemas import (
     InferenceRequest,
@@ -159,8 +160,12 @@ async def _infer(model: LoadedModel, request: Request, settings: Settings, batch
             settings.max_body_bytes,
             settings.max_images_per_request,
         )
-        prepare = partial(to_pixels, parsed.input, model.recipe, settings.max_image_pixels)
-        answer = batcher.submit(model, prepare, parsed.input.images)
+        tensor = parsed.input
+        # Base64 files in a large JSON body take milliseconds to decode: not on the event loop.
+        inline = tensor.raw is not None or len(body) <= INLINE_JSON_BYTES
+        planned = partial(plan, tensor, model.recipe, settings)
+        prepare, heavy = planned() if inline else await run_in_threadpool(planned)
+        answer = batcher.submit(model, prepare, tensor.images, heavy=heavy)
     return build_response(model, parsed, await answer)
 
 

@@ -1,0 +1,43 @@
+"""What a request's images will cost to decode, read from their headers before any pixel is decoded.
+
+A 35-byte GIF may declare a 6000x6000 canvas: the bytes of a request say nothing of its cost, the
+pixels its images decode to do. The routes measure them on the event loop (Pillow's Image.open
+reads only the header: microseconds, like the multipart parse already done there), refuse a request
+over the per-request budget with a 413, and send a request over `heavy_request_pixels` through the
+batcher's large-image lane (app/batching.py) so its decoding never holds the inference thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from app.errors import ImageTooLarge, PixelserveError
+from app.imaging import decoded_size
+from app.settings import Settings
+
+
+def request_pixels(files: Sequence[bytes], settings: Settings, place: Callable[[int], str]) -> int:
+    """The pixels all `files` decode to (JPEGs after draft scaling); 413/415/422 before any is decoded.
+
+    `place(position)` names a file in an error message ("" for none): the first bad file fails the request.
+    """
+    total = 0
+    for position, data in enumerate(files):
+        try:
+            width, height = decoded_size(data, settings.max_image_pixels)
+        except PixelserveError as exc:
+            if where := place(position):
+                exc.message = f"{where}: {exc.message}"
+            raise
+        total += width * height
+    if total > settings.max_request_pixels:
+        raise ImageTooLarge(
+            f"the request's {len(files)} image(s) decode to {total} pixels in all; the limit is "
+            f"{settings.max_request_pixels} pixels per request (each image at most {settings.max_image_pixels})"
+        )
+    return total
+
+
+def is_heavy(pixels: int, settings: Settings) -> bool:
+    """Whether a request decoding `pixels` is decoded in the large-image lane rather than inline."""
+    return pixels > settings.heavy_request_pixels
