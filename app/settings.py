@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     heavy_request_pixels: int = Field(
         512 * 512,
         ge=0,
-        description="a request decoding more pixels is decoded in the large-image lane (a thread of its own), "
-        "not the inference thread, so it delays other large uploads, not everyone's small ones",
+        description="a request decoding more pixels (+ 40,000 per image for its fixed costs) is decoded in the "
+        "large-image lane (a thread of its own), not the inference thread: it delays other large uploads, not everyone",
     )
     max_header_bytes: int = Field(
         64 * 1024, ge=1024, description="largest request line + headers (app.http_protocol answers 431 past it)"

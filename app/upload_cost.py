@@ -15,6 +15,11 @@ from app.errors import ImageTooLarge, PixelserveError
 from app.imaging import decoded_size
 from app.settings import Settings
 
+# What one image costs beyond its pixels (~0.4 ms: opening it, the recipe's resampling and its
+# Python calls), in pixels of decoding (~10 ns each): a lone 28x28 upload stays inline, a request
+# of more than a handful of images goes to the lane.
+IMAGE_OVERHEAD_PIXELS = 40_000
+
 
 def request_pixels(files: Sequence[bytes], settings: Settings, place: Callable[[int], str]) -> int:
     """The pixels all `files` decode to (JPEGs after draft scaling); 413/415/422 before any is decoded.
@@ -38,6 +43,10 @@ def request_pixels(files: Sequence[bytes], settings: Settings, place: Callable[[
     return total
 
 
-def is_heavy(pixels: int, settings: Settings) -> bool:
-    """Whether a request decoding `pixels` is decoded in the large-image lane rather than inline."""
-    return pixels > settings.heavy_request_pixels
+def is_heavy(pixels: int, images: int, settings: Settings) -> bool:
+    """Whether a request of `images` decoding `pixels` in all is decoded in the large-image lane rather than inline.
+
+    Each image also costs a fixed amount, whatever its size (open, recipe, Python overhead): 64
+    tiny images would hold the inference thread for tens of milliseconds, so they count too.
+    """
+    return pixels + images * IMAGE_OVERHEAD_PIXELS > settings.heavy_request_pixels

@@ -55,13 +55,22 @@ def worst_request(settings: Settings) -> tuple[bytes, int, int]:
     return bomb_body(side, min(count, settings.max_images_per_request)), count, side
 
 
+def many_small_request(settings: Settings) -> tuple[bytes, int, int]:
+    """As many images as a request may hold, each 64x64: cheap pixels, but a fixed cost per image."""
+    return bomb_body(64, settings.max_images_per_request), settings.max_images_per_request, 64
+
+
 def worst_inline_request(settings: Settings) -> tuple[bytes, int, int] | None:
-    """The costliest request still decoded in the inference thread (just under the large-image lane's threshold)."""
+    """A costly request still decoded in the inference thread: just under the large-image lane's threshold."""
     threshold = getattr(settings, "heavy_request_pixels", None)
-    if threshold is None:
+    try:
+        from app.upload_cost import IMAGE_OVERHEAD_PIXELS as overhead  # imported here: absent in older code
+    except ImportError:
         return None
-    count = settings.max_images_per_request
-    side = math.isqrt(threshold // count)
+    if threshold is None or threshold < 2 * overhead:
+        return None
+    count = max(1, threshold // (2 * overhead))  # half the allowance in images, half in pixels
+    side = math.isqrt((threshold - count * overhead) // count)
     return bomb_body(side, count), count, side
 
 
@@ -196,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings(model_repository=args.repository)
     attack, count, side = worst_request(settings)
-    inline = worst_inline_request(settings)
+    others = [many_small_request(settings), worst_inline_request(settings)]
     samples = mnist_test_pngs(args.data_dir / ("fashion-mnist" if args.model == "fashion" else "mnist"), 8)
     bodies = [multipart_body(sample.png) for sample in samples]
     environment = (
@@ -218,15 +227,10 @@ def main(argv: list[str] | None = None) -> int:
             run_phase("warm-up", port, server.predict_path, args.victims, bodies, None, 2.0)
             phases.append(run_phase("quiet", port, server.predict_path, args.victims, bodies, None, args.duration))
             print(f"  quiet: p99 {phases[-1].p99_ms:.1f} ms", flush=True)
-            phases.append(
-                run_phase("under attack", port, server.predict_path, args.victims, bodies, attack, args.duration)
-            )
-            print(f"  under attack: p99 {phases[-1].p99_ms:.1f} ms", flush=True)
-            if inline is not None:
-                name = f"attack just under the lane ({inline[1]} GIFs of {inline[2]}x{inline[2]})"
-                phases.append(
-                    run_phase(name, port, server.predict_path, args.victims, bodies, inline[0], args.duration)
-                )
+            attacks = [(f"attack: {count} GIFs of {side}x{side} (the budget)", attack)]
+            attacks += [(f"attack: {o[1]} GIFs of {o[2]}x{o[2]}", o[0]) for o in others if o is not None]
+            for name, body in attacks:
+                phases.append(run_phase(name, port, server.predict_path, args.victims, bodies, body, args.duration))
                 print(f"  {name}: p99 {phases[-1].p99_ms:.1f} ms", flush=True)
     markdown = render(phases, environment)
     raw = {

@@ -33,7 +33,7 @@ def plan(tensor: InputTensor, recipe: str, settings: Settings) -> tuple[Prepare,
     where = f"input {tensor.name!r}"
     files = _files(tensor, where)
     pixels = request_pixels(files, settings, partial(_place, where, len(files)))
-    return partial(_images, files, recipe, settings.max_image_pixels, where), is_heavy(pixels, settings)
+    return partial(_images, files, recipe, settings.max_image_pixels, where), is_heavy(pixels, len(files), settings)
 
 
 def _place(where: str, count: int, position: int) -> str:

@@ -122,7 +122,7 @@ async def predict(
         images = await read_uploads(request, settings.max_images_per_request)
         pixels = request_pixels(images, settings, partial(_place, len(images)))
         prepare = partial(prepare_uploads, images, model.recipe, settings.max_image_pixels)
-        answer = batcher.submit(model, prepare, len(images), heavy=is_heavy(pixels, settings))
+        answer = batcher.submit(model, prepare, len(images), heavy=is_heavy(pixels, len(images), settings))
     rows = await answer
     predictions = [Prediction(model.name, model.version, model.labels, row).to_json(top_k) for row in rows]
     return JSONResponse(predictions[0] if len(images) == 1 else predictions)
