@@ -211,7 +211,9 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
         module = _LOADERS[fmt](path, device)
     except Exception as exc:  # deserialisers raise many types; to callers each is a refused artifact
         raise ArtifactError(f"{shown(path)}: {fmt} load failed: {type(exc).__name__}") from exc
-    if weights_sha256(module) != metadata["weights_sha256"]:
+    with TORCH_EXPORT_LOCK:  # state_dict() would meet the fake-tensor mode of a torch.export load in another thread
+        digest = weights_sha256(module)
+    if digest != metadata["weights_sha256"]:
         raise ArtifactError(f"{shown(path)}: weights do not match the SHA-256 in the metadata")
     num_classes = len(metadata["labels"])
     try:

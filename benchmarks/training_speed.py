@@ -130,7 +130,7 @@ def time_evaluation(config: TrainConfig, data: LoadedDataset, device: torch.devi
         synchronize(device)
         started = time.perf_counter()
         with amp(device):
-            evaluate(model, test, device)
+            evaluate(model, test, device, len(data.spec.labels))
         synchronize(device)
         timings.append(time.perf_counter() - started)
     return statistics.median(timings)

@@ -185,7 +185,8 @@ def export_model(
     served = ServedModel(result.model).eval()
     scripted = to_torchscript(served)
     program = to_exported_program(served)
-    sha256 = weights_sha256(served)
+    with _TRACE_LOCK:  # state_dict() meets the fake-tensor mode of another thread's torch.export
+        sha256 = weights_sha256(served)
     for _attempt in range(100):
         versions = existing_versions(model_dir)
         version = str(versions[-1] + 1 if versions else 1)

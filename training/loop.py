@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +18,8 @@ from training.augment import POLICIES, augment_batch
 from training.config import TrainConfig
 from training.data import LoadedDataset, Split, take_first
 from training.networks import create_network
+
+logger = logging.getLogger("pixelserve.training")
 
 
 class Normalize(nn.Module):
@@ -80,20 +84,63 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1000) -> Evaluation:
+def evaluate(
+    model: nn.Module, split: Split, device: torch.device, num_classes: int, batch_size: int = 1000
+) -> Evaluation:
     model.eval()
-    num_classes = 10
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # [true, predicted]
     for start in range(0, split.images.shape[0], batch_size):
-        x = to_input(split.images[start : start + batch_size], device)
-        predicted = model(x).argmax(dim=1).cpu()
-        truth = split.labels[start : start + batch_size]
-        confusion += torch.bincount(truth * num_classes + predicted, minlength=num_classes**2).view(
-            num_classes, num_classes
-        )
+        x = to_input(split.images[start : start + batch_size], device)  # [B, 1, 28, 28]
+        predicted = model(x).argmax(dim=1).cpu()  # [B]
+        truth = split.labels[start : start + batch_size]  # [B]
+        pairs = torch.bincount(truth * num_classes + predicted, minlength=num_classes**2)
+        confusion += pairs.view(num_classes, num_classes)
     per_class = (confusion.diag().float() / confusion.sum(dim=1).clamp(min=1)).tolist()
     accuracy = (confusion.diag().sum() / confusion.sum()).item()
     return Evaluation(accuracy, per_class, confusion.tolist())
+
+
+def one_cycle(step: int, total_steps: int, warmup_share: float = 0.2) -> float:
+    """The learning rate at `step` (0-based) as a share of the peak: one cycle, written out.
+
+    A linear warm-up from 1/25 of the peak over the first 20 % of the steps (at least one), then a
+    cosine down to 1/25 of 1e-4 of it at the last step: the shape of torch's OneCycleLR, without its
+    division by (warm-up steps - 1), which is zero for some step counts.
+    """
+    start, end = 1 / 25, 1 / 25 * 1e-4
+    warmup = max(1, round(warmup_share * total_steps))
+    if step < warmup:
+        return start + (1 - start) * step / warmup
+    progress = (step - warmup) / max(1, total_steps - 1 - warmup)
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_model(config: TrainConfig, data: LoadedDataset, device: torch.device) -> Normalize:
+    network = create_network(config.architecture, len(data.spec.labels))
+    return Normalize(network, data.spec.mean, data.spec.std).to(device)
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    config: TrainConfig,
+    policy: str,
+) -> torch.Tensor:
+    """One pass over `batches`; returns the summed loss (a device tensor: no sync per step)."""
+    model.train()
+    total_loss = torch.zeros((), device=next(model.parameters()).device)
+    for x, y in batches:  # x [B, 1, 28, 28] in [0, 1], y [B]
+        if config.augment:
+            x = augment_batch(x, POLICIES[policy])
+        loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        schedule.step()
+        total_loss += loss.detach()
+    return total_loss
 
 
 def train(
@@ -104,53 +151,50 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     progress: bool = True,
 ) -> TrainResult:
+    """Build the model, then per epoch: one pass over the training set and an evaluation on the test set.
+
+    The last epoch's evaluation is the result (the model does not change after it). Each epoch is
+    logged ("pixelserve.training") and handed to `on_epoch`; `should_stop` is asked before every step.
+    """
     seed_everything(config.seed)
     device = resolve_device(config.device)
     if config.threads and device.type == "cpu":
         torch.set_num_threads(config.threads)
     train_split = take_first(data.train, config.max_samples)
     # Whole sets live on the device once; batches are index slices of them.
-    train_images = train_split.images.to(device)
-    train_labels = train_split.labels.to(device)
-    policy = POLICIES[data.spec.preprocessing]
+    train_images = train_split.images.to(device)  # uint8 [N, 28, 28]
+    train_labels = train_split.labels.to(device)  # [N]
+    num_classes = len(data.spec.labels)
 
-    model = Normalize(create_network(config.architecture, len(data.spec.labels)), data.spec.mean, data.spec.std)
-    model.to(device)
+    model = build_model(config, data, device)
     n = train_images.shape[0]
-    steps_per_epoch = max(1, n // config.batch_size) if not config.dry_run else min(3, max(1, n // config.batch_size))
+    steps_per_epoch = max(1, n // config.batch_size)
+    if config.dry_run:
+        steps_per_epoch = min(3, steps_per_epoch)
     epochs = 1 if config.dry_run else config.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = epochs * steps_per_epoch
-    # OneCycleLR divides by pct_start * total_steps - 1: zero for 0.2 at exactly 5 steps.
-    pct_start = 0.3 if total_steps == 5 else 0.2
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=pct_start
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: one_cycle(step, total_steps))
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    history: list[EpochMetrics] = []
-    started = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        model.train()
-        epoch_start = time.perf_counter()
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(n, generator=generator).to(device)
-        total_loss = torch.zeros((), device=device)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
-        for step in bar:
+        steps = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+        for step in steps:
             if should_stop is not None and should_stop():
                 raise TrainingCancelled
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = to_input(train_images[idx], device)  # [B, 1, 28, 28]
-            if config.augment:
-                x = augment_batch(x, policy)
-            loss = F.cross_entropy(model(x), train_labels[idx], label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            schedule.step()
-            total_loss += loss.detach()
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]  # [B]
+            yield to_input(train_images[idx], device), train_labels[idx]
             if on_step is not None:
                 on_step(epoch, step + 1, steps_per_epoch)
-        evaluation = evaluate(model, data.test, device)
+
+    history: list[EpochMetrics] = []
+    evaluation = Evaluation(0.0, [0.0] * num_classes, [[0] * num_classes] * num_classes)
+    started = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        epoch_start = time.perf_counter()
+        total_loss = train_epoch(model, optimizer, schedule, batches(epoch), config, data.spec.preprocessing)
+        evaluation = evaluate(model, data.test, device, num_classes)
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=(total_loss / steps_per_epoch).item(),
@@ -158,13 +202,11 @@ def train(
             seconds=time.perf_counter() - epoch_start,
         )
         history.append(metrics)
-        print(
-            f"epoch {epoch}/{epochs}  loss {metrics.train_loss:.4f}  "
-            f"test accuracy {metrics.test_accuracy:.4%}  {metrics.seconds:.1f}s",
-            flush=True,
+        logger.info(
+            "epoch %d/%d  loss %.4f  test accuracy %.4f%%  %.1fs",
+            *(epoch, epochs, metrics.train_loss, 100 * metrics.test_accuracy, metrics.seconds),
         )
         if on_epoch is not None:
             on_epoch(metrics)
-    final = evaluate(model, data.test, device)
     model.cpu().eval()
-    return TrainResult(model=model, evaluation=final, history=history, seconds=time.perf_counter() - started)
+    return TrainResult(model=model, evaluation=evaluation, history=history, seconds=time.perf_counter() - started)

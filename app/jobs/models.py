@@ -16,7 +16,7 @@ DatasetName = Literal["fashion-mnist", "mnist"]
 
 
 class TrainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "5" is not an int nor 0 a bool: the schema says so
 
     model: str = Field(pattern=MODEL_NAME, description="served model name to publish into")
     architecture: Architecture
@@ -78,5 +78,5 @@ class Activation(BaseModel):
 
 
 class ActivateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "5" is not an int nor 0 a bool: the schema says so
     pin: bool = True
