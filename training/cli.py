@@ -9,6 +9,7 @@ the user cache, else a verified download into that cache).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -74,6 +75,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
 
 def main(argv: list[str] | None = None) -> int:
     config, args = parse_args(argv)
+    # train() reports each epoch through logging: here, one plain line per epoch on stdout.
+    epochs = logging.StreamHandler(sys.stdout)
+    epochs.setFormatter(logging.Formatter("%(message)s"))
+    training_log = logging.getLogger("pixelserve.training")
+    training_log.addHandler(epochs)
+    training_log.setLevel(logging.INFO)
+    try:
+        return _run(config, args)
+    finally:
+        training_log.removeHandler(epochs)
+
+
+def _run(config: TrainConfig, args: argparse.Namespace) -> int:
     data = load_dataset(config.dataset, args.data_dir, progress=args.progress)
     result = train(config, data, progress=args.progress)
     try:
