@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from app.repository import MODEL_NAME
 
@@ -15,22 +15,35 @@ Architecture = Literal["cnn5", "fashion_cnn", "fashion_dnn", "fashion_vgg", "mlp
 DatasetName = Literal["fashion-mnist", "mnist"]
 
 
+def _json_number(value: object) -> object:
+    """JSON Schema's number and integer: 14.0 is an integer, "14" and false are not numbers at all."""
+    if isinstance(value, str | bool):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_number)]
+JsonFloat = Annotated[float, BeforeValidator(_json_number)]
+
+
 class TrainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)  # "5" is not an int nor 0 a bool: the schema says so
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(pattern=MODEL_NAME, description="served model name to publish into")
     architecture: Architecture
     dataset: DatasetName
-    epochs: int = Field(5, ge=1, le=100)
-    batch_size: int = Field(128, ge=8, le=4096)
-    lr: float = Field(3e-3, gt=0, le=1)
-    weight_decay: float = Field(1e-4, ge=0, le=1)
-    label_smoothing: float = Field(0.05, ge=0, lt=1)
-    augment: bool = True
-    max_samples: int | None = Field(None, ge=64, le=60000, description="train on the first N images only")
-    seed: int = Field(1, ge=0, le=2**31 - 1)
-    min_accuracy: float | None = Field(
-        None, ge=0, le=1, description="publication floor; may raise PIXELSERVE_MIN_PUBLISH_ACCURACY, never lower it"
+    epochs: JsonInt = Field(5, ge=1, le=100)
+    batch_size: JsonInt = Field(128, ge=8, le=4096)
+    lr: JsonFloat = Field(3e-3, gt=0, le=1)
+    weight_decay: JsonFloat = Field(1e-4, ge=0, le=1)
+    label_smoothing: JsonFloat = Field(0.05, ge=0, lt=1)
+    augment: StrictBool = True
+    max_samples: Annotated[int, Field(ge=64, le=60000), BeforeValidator(_json_number)] | None = Field(
+        None, description="train on the first N images only"
+    )
+    seed: JsonInt = Field(1, ge=0, le=2**31 - 1)
+    min_accuracy: Annotated[float, Field(ge=0, le=1), BeforeValidator(_json_number)] | None = Field(
+        None, description="publication floor; may raise PIXELSERVE_MIN_PUBLISH_ACCURACY, never lower it"
     )
     idempotency_key: str | None = Field(None, min_length=1, max_length=200, description="or an Idempotency-Key header")
 
@@ -78,5 +91,5 @@ class Activation(BaseModel):
 
 
 class ActivateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)  # "5" is not an int nor 0 a bool: the schema says so
-    pin: bool = True
+    model_config = ConfigDict(extra="forbid")
+    pin: StrictBool = True
