@@ -148,6 +148,11 @@ class Batcher:
             self._enqueue(_Work(model, prepare, images, future, loop, time.monotonic()))
         return future
 
+    def refused(self, model: LoadedModel) -> None:
+        """A request refused before it was queued (from its images' headers: too large, not an image): a failure."""
+        with self._counters_lock:
+            self.counters.setdefault(model.name, BatchCounters()).record(1, 0, 1)
+
     def _enqueue(self, work: _Work) -> None:
         with self._cond:
             if self._closing:

@@ -136,9 +136,9 @@ def border_stats(gray: np.ndarray) -> tuple[float, float]:
     return median, float(np.median(np.abs(border - median)))
 
 
-def decode_light_on_dark(data: bytes, max_pixels: int) -> np.ndarray:
-    """Upload bytes -> float32 [H, W] in [0, 1]: bright foreground on a background near 0."""
-    image = _load_pixels(open_image(data, max_pixels))
+def decode_light_on_dark(data: bytes | Image.Image, max_pixels: int) -> np.ndarray:
+    """Upload bytes, or what `open_image` made of them -> float32 [H, W] in [0, 1]: light on a background near 0."""
+    image = _load_pixels(data if isinstance(data, Image.Image) else open_image(data, max_pixels))
     gray, alpha = _gray_and_alpha(image)
     if alpha is not None and alpha.min() < 0.99:
         weight = float(alpha.sum())

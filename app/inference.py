@@ -6,10 +6,12 @@ Synchronous and CPU-bound: the batching threads run it (app/batching.py), never 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
 from app.artifacts import LoadedModel
 from app.errors import PixelserveError
@@ -44,7 +46,7 @@ class Prediction:
         return body
 
 
-def preprocess(data: bytes, recipe: str, max_pixels: int) -> np.ndarray:
+def preprocess(data: bytes | Image.Image, recipe: str, max_pixels: int) -> np.ndarray:
     """Upload bytes -> float32 [28, 28] in [0, 1], light on dark, as the dataset looks."""
     return apply_recipe(decode_light_on_dark(data, max_pixels), recipe)
 
@@ -66,8 +68,11 @@ def run_model(model: LoadedModel, pixels: np.ndarray) -> list[list[float]]:
     return normalised
 
 
-def prepare_uploads(images: list[bytes], recipe: str, max_pixels: int) -> np.ndarray:
-    """Each uploaded image through the recipe -> float32 [k, 28, 28]; an error names the bad file."""
+def prepare_uploads(images: Sequence[bytes | Image.Image], recipe: str, max_pixels: int) -> np.ndarray:
+    """Each image (bytes, or opened by `open_image`) through the recipe -> float32 [k, 28, 28].
+
+    An error names the bad file.
+    """
     pixels = np.empty((len(images), 28, 28), dtype=np.float32)
     for position, data in enumerate(images):
         try:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from PIL import Image
+
 from app.errors import ImageTooLarge, PixelserveError
-from app.imaging import decoded_size
+from app.imaging import open_image
 from app.settings import Settings
 
 # What one image costs beyond its pixels (~0.4 ms: opening it, the recipe's resampling and its
@@ -21,26 +23,30 @@ from app.settings import Settings
 IMAGE_OVERHEAD_PIXELS = 40_000
 
 
-def request_pixels(files: Sequence[bytes], settings: Settings, place: Callable[[int], str]) -> int:
-    """The pixels all `files` decode to (JPEGs after draft scaling); 413/415/422 before any is decoded.
+def open_uploads(
+    files: Sequence[bytes], settings: Settings, place: Callable[[int], str]
+) -> tuple[list[Image.Image], int]:
+    """The files opened (headers read, pixels not), and the pixels they decode to (JPEGs after draft scaling).
 
-    `place(position)` names a file in an error message ("" for none): the first bad file fails the request.
+    413/415/422 before any pixel is decoded; `place(position)` names a file in an error message ("" for
+    none). The opened images go on to be decoded, so no header is parsed twice.
     """
-    total = 0
+    images, total = [], 0
     for position, data in enumerate(files):
         try:
-            width, height = decoded_size(data, settings.max_image_pixels)
+            image = open_image(data, settings.max_image_pixels)
         except PixelserveError as exc:
             if where := place(position):
                 exc.message = f"{where}: {exc.message}"
             raise
-        total += width * height
+        images.append(image)
+        total += image.width * image.height
     if total > settings.max_request_pixels:
         raise ImageTooLarge(
             f"the request's {len(files)} image(s) decode to {total} pixels in all; the limit is "
             f"{settings.max_request_pixels} pixels per request (each image at most {settings.max_image_pixels})"
         )
-    return total
+    return images, total
 
 
 def is_heavy(pixels: int, images: int, settings: Settings) -> bool:

@@ -65,7 +65,8 @@ def test_gif_bomb_request_is_refused_by_the_request_budget_before_decoding(app_c
     assert response.status_code == 413 and response.json()["code"] == "image_too_large"
     message = response.json()["error"]
     assert str(count * SIDE * SIDE) in message and str(settings.max_request_pixels) in message
-    assert "mnist" not in batcher_of(app_client).counters  # never reached the batcher: nothing was decoded
+    counters = batcher_of(app_client).counters["mnist"]
+    assert (counters.failed_requests, counters.images) == (1, 0)  # refused before the queue: nothing decoded
     assert batcher_of(app_client).lane_requests == 0
 
     v2 = app_client.post("/v2/models/mnist/infer", json=bytes_request(*[bomb_gif(SIDE)] * count))
@@ -138,3 +139,7 @@ def test_small_uploads_skip_the_lane_and_a_bad_heavy_upload_fails_alone(app_clie
     assert batcher_of(app_client).counters["mnist"].failed_requests == 1
     again = app_client.post("/predict/mnist", content=big, headers={"Content-Type": "image/png"})
     assert again.status_code == 200 and batcher_of(app_client).lane_requests == 2
+    # Small images, but many: each costs a fixed amount whatever its size, so together they are heavy.
+    many = [("file", (f"{i}.png", encode(draw_digit(i % 10, size=28)), "image/png")) for i in range(8)]
+    answers = app_client.post("/predict/mnist", files=many)
+    assert answers.status_code == 200 and len(answers.json()) == 8 and batcher_of(app_client).lane_requests == 3

@@ -13,9 +13,11 @@ import base64
 import binascii
 import math
 import struct
+from collections.abc import Sequence
 from functools import partial
 
 import numpy as np
+from PIL import Image
 
 from app.batching import Prepare
 from app.errors import InvalidImage, InvalidInferenceRequest, PixelserveError
@@ -23,7 +25,7 @@ from app.inference import preprocess
 from app.oip.codec import InputTensor
 from app.oip.metadata import SIDE
 from app.settings import Settings
-from app.upload_cost import is_heavy, request_pixels
+from app.upload_cost import is_heavy, open_uploads
 
 
 def plan(tensor: InputTensor, recipe: str, settings: Settings) -> tuple[Prepare, bool]:
@@ -32,8 +34,8 @@ def plan(tensor: InputTensor, recipe: str, settings: Settings) -> tuple[Prepare,
         return partial(to_pixels, tensor, recipe, settings.max_image_pixels), False
     where = f"input {tensor.name!r}"
     files = _files(tensor, where)
-    pixels = request_pixels(files, settings, partial(_place, where, len(files)))
-    return partial(_images, files, recipe, settings.max_image_pixels, where), is_heavy(pixels, len(files), settings)
+    opened, pixels = open_uploads(files, settings, partial(_place, where, len(files)))
+    return partial(_images, opened, recipe, settings.max_image_pixels, where), is_heavy(pixels, len(files), settings)
 
 
 def _place(where: str, count: int, position: int) -> str:
@@ -125,7 +127,7 @@ def _base64(data: object, where: str) -> list[bytes]:
     return files
 
 
-def _images(files: list[bytes], recipe: str, max_pixels: int, where: str) -> np.ndarray:
+def _images(files: Sequence[bytes | Image.Image], recipe: str, max_pixels: int, where: str) -> np.ndarray:
     pixels = np.empty((len(files), SIDE, SIDE), dtype=np.float32)
     for position, data in enumerate(files):
         place = _place(where, len(files), position)

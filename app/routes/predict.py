@@ -16,6 +16,7 @@ from app.errors import (
     MalformedUpload,
     MissingUpload,
     ModelNotFound,
+    PixelserveError,
     TooManyImages,
     UnsupportedImage,
     responses,
@@ -23,7 +24,7 @@ from app.errors import (
 from app.inference import Prediction, prepare_uploads
 from app.multipart import boundary_of, iter_parts
 from app.schemas import PredictionBody
-from app.upload_cost import is_heavy, request_pixels
+from app.upload_cost import is_heavy, open_uploads
 
 router = APIRouter(prefix="/predict", tags=["predict"])
 
@@ -120,8 +121,12 @@ async def predict(
     model = registry.get(name)
     with batcher.receiving():
         images = await read_uploads(request, settings.max_images_per_request)
-        pixels = request_pixels(images, settings, partial(_place, len(images)))
-        prepare = partial(prepare_uploads, images, model.recipe, settings.max_image_pixels)
+        try:
+            opened, pixels = open_uploads(images, settings, partial(_place, len(images)))
+        except PixelserveError:
+            batcher.refused(model)
+            raise
+        prepare = partial(prepare_uploads, opened, model.recipe, settings.max_image_pixels)
         answer = batcher.submit(model, prepare, len(images), heavy=is_heavy(pixels, len(images), settings))
     rows = await answer
     predictions = [Prediction(model.name, model.version, model.labels, row).to_json(top_k) for row in rows]

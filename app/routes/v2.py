@@ -23,6 +23,7 @@ from app.errors import (
     InvalidImage,
     InvalidInferenceRequest,
     ModelNotFound,
+    PixelserveError,
     ProbeNotReady,
     TooManyImages,
     UnsupportedContentEncoding,
@@ -164,7 +165,11 @@ async def _infer(model: LoadedModel, request: Request, settings: Settings, batch
         # Base64 files in a large JSON body take milliseconds to decode: not on the event loop.
         inline = tensor.raw is not None or len(body) <= INLINE_JSON_BYTES
         planned = partial(plan, tensor, model.recipe, settings)
-        prepare, heavy = planned() if inline else await run_in_threadpool(planned)
+        try:
+            prepare, heavy = planned() if inline else await run_in_threadpool(planned)
+        except PixelserveError:
+            batcher.refused(model)
+            raise
         answer = batcher.submit(model, prepare, tensor.images, heavy=heavy)
     return build_response(model, parsed, await answer)
 
