@@ -14,6 +14,7 @@ A crash at any point leaves either nothing visible or a complete, valid version.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from app.jobs.store import STOP_CANCELLED, STOP_LOST, JobStore
 from app.repository import ModelRepository
 from training.config import TrainConfig
 from training.data import LoadedDataset
-from training.export import export_model, rename_into_place
+from training.export import export_model, fsync_dir
 from training.loop import TrainResult, to_input
 
 VALIDATION_IMAGES = 2000
@@ -89,8 +90,9 @@ def publish(
                 reason = store.stop_reason(*job, conn=conn)
                 if reason is not None or not store.finish(*job, SUCCEEDED, version=target.name, conn=conn):
                     raise JobStopped(reason or STOP_LOST)  # rolls back; export_model removes the staging folder
-            rename_into_place(staging, target)  # an OSError here: the number was taken, try the next
+            os.rename(staging, target)  # an OSError here: the number was taken, export_model tries the next
             try:
+                fsync_dir(target.parent)
                 current, pinned = models.read_pointer(name)
                 if current is None:
                     versions = [v for v in models.versions(name) if v != target.name]
