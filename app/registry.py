@@ -65,7 +65,7 @@ class ModelRegistry:
             if served is not None:  # removed on purpose: an unreadable root (a flaky volume) unloads nothing
                 del self.models[name]
                 logger.warning("model %s: its folder was removed from the repository; no longer served", name)
-            self.errors[name] = f"no folder {name!r} in the model repository"
+            self.errors[name] = f"no version of {name!r}: no such folder in the model repository"
             return served is not None
         version = self.repository.current_version(name)
         if version is None:
