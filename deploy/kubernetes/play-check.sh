@@ -21,6 +21,8 @@ WAIT_S=${WAIT_S:-120}
 NETNS=k8s-play-$$
 OUT=$WORK/kube-play
 API=pixelserve-api
+# A Python with PyYAML for the rendered YAML: the project's venv (`make test` made it), else the system's.
+PYYAML=$ROOT/.venv/bin/python; [[ -x $PYYAML ]] || PYYAML=python3
 
 [[ -f $WORK/etc/containers.conf ]] || { echo "no $WORK/etc/containers.conf: run ../shared/tools/container-check.sh first"; exit 1; }
 export CONTAINERS_STORAGE_CONF=$WORK/etc/storage.conf CONTAINERS_CONF=$WORK/etc/containers.conf
@@ -56,7 +58,7 @@ podman_secret() { # NAME KEY VALUE
 
 step "render (kubectl kustomize deploy/kubernetes/base) and select Deployment, Service, PVC of the API"
 kubectl kustomize "$ROOT/deploy/kubernetes/base" > "$OUT/base.yaml"
-python3 - "$OUT/base.yaml" "$OUT/play.yaml" "$OUT/play-again.yaml" <<'PY'
+"$PYYAML" - "$OUT/base.yaml" "$OUT/play.yaml" "$OUT/play-again.yaml" <<'PY'
 import sys, yaml
 wanted = {("Deployment", "pixelserve-api"), ("Service", "pixelserve-api"), ("PersistentVolumeClaim", "pixelserve-models")}
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if (d["kind"], d["metadata"]["name"]) in wanted]
