@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
+import torch
 
 from app.artifacts import LoadedModel
 from app.inference import run_model
@@ -99,7 +100,13 @@ def _resolve(batch: list[_Work]) -> None:
 
 
 class Batcher:
-    def __init__(self, policy_for: Callable[[str], BatchPolicy], threads: int = 1) -> None:
+    def __init__(
+        self, policy_for: Callable[[str], BatchPolicy], threads: int = 1, torch_threads: int | None = None
+    ) -> None:
+        # torch's intra-op thread count is per OS thread under OpenMP: a new inference thread would
+        # run its first forward pass with the default count and the rest with the configured one,
+        # and the two sum in different orders (answers 1e-7 apart for the same image).
+        self._torch_threads = torch_threads
         self._policy_for = policy_for
         self._queue: deque[_Work] = deque()
         self._cond = threading.Condition()
@@ -217,6 +224,8 @@ class Batcher:
             return batch
 
     def _run(self) -> None:
+        if self._torch_threads is not None:
+            torch.set_num_threads(self._torch_threads)
         while (batch := self._next_batch()) is not None:
             try:
                 self._execute(batch)

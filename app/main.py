@@ -61,7 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         torch.set_num_threads(settings.torch_threads)
         # A thread or two of its own, not Starlette's pool of 40: on a few cores, dozens of threads
         # taking turns at the GIL cost more than they overlap (see README, "Threads").
-        app.state.batcher = Batcher(settings.batch_policy, threads=settings.inference_threads)
+        app.state.batcher = Batcher(
+            settings.batch_policy, threads=settings.inference_threads, torch_threads=settings.torch_threads
+        )
         registry = ModelRegistry(
             ModelRepository(settings.model_repository, settings.artifact_format),
             _device(settings.device),
