@@ -6,18 +6,21 @@
 #   bash deploy/kubernetes/play-check.sh
 # Knobs: WORK=/tmp/container-check (the container check's podman storage and config),
 #        IMAGE=localhost/pixelserve:latest (what the container check builds: the compose file's image),
-#        WAIT_S=120.
+#        WAIT_S=120, DATASETS=../shared/datasets (IDX folders for the training job of the second play).
 #
 # Two plays share one volume: first without the optional admin Secret (the API must start, admin routes
-# 403), then with it (the admin token works; the init container finds the models already seeded).
-# podman 4.3 kube play ignores the Service, HPA, PDB, NetworkPolicy, readiness and startup probes and
-# the preStop hook, and plays one replica; this script prints what it did apply (README, "Kubernetes").
+# 403), then with it and the worker Deployment (the admin token works; the init container finds the models
+# already seeded; a training job goes API -> job store -> worker -> shared volume -> hot reload).
+# podman 4.3 kube play ignores the Service, HPA, PDB, NetworkPolicy, readiness and startup probes, the
+# preStop hook and the grace period, and makes an emptyDir a named volume shared by pods; this script
+# plays one replica and prints what podman did apply (README, "Kubernetes").
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${WORK:-/tmp/container-check}
 IMAGE=${IMAGE:-localhost/pixelserve:latest}
 WAIT_S=${WAIT_S:-120}
+DATASETS=${DATASETS:-$ROOT/../shared/datasets}
 NETNS=k8s-play-$$
 OUT=$WORK/kube-play
 API=pixelserve-api
@@ -38,9 +41,9 @@ fail() { echo "FAIL: $*"; podman ps -a --format '{{.Names}} {{.Status}}'; for c 
   echo "--- $c"; podman logs --tail 15 "$c" 2>&1 | sed 's/^/    /'; done; exit 1; }
 cleanup() {
   set +e
-  [[ -f $OUT/play.yaml ]] && ns podman kube down "$OUT/play.yaml" >/dev/null 2>&1
-  podman pod ps -q --filter "name=$API" | xargs -r podman pod rm -f -t 2 >/dev/null 2>&1
-  podman volume rm -f pixelserve-models >/dev/null 2>&1
+  for f in "$OUT/play.yaml" "$OUT/play-again.yaml"; do [[ -f $f ]] && ns podman kube down "$f" >/dev/null 2>&1; done
+  podman pod ps -q --filter "name=pixelserve-" | xargs -r podman pod rm -f -t 2 >/dev/null 2>&1
+  podman volume rm -f pixelserve-models pixelserve-datasets >/dev/null 2>&1
   # The init container does not mount the image's VOLUME path: podman gave it an anonymous volume.
   comm -13 <(echo "$VOLUMES_BEFORE") <(podman volume ls -q | sort) | xargs -r podman volume rm -f >/dev/null 2>&1
   podman secret rm pixelserve-job-store pixelserve-admin >/dev/null 2>&1
@@ -60,22 +63,26 @@ step "render (kubectl kustomize deploy/kubernetes/base) and select Deployment, S
 kubectl kustomize "$ROOT/deploy/kubernetes/base" > "$OUT/base.yaml"
 "$PYYAML" - "$OUT/base.yaml" "$OUT/play.yaml" "$OUT/play-again.yaml" <<'PY'
 import sys, yaml
+rendered = list(yaml.safe_load_all(open(sys.argv[1])))
 wanted = {("Deployment", "pixelserve-api"), ("Service", "pixelserve-api"), ("PersistentVolumeClaim", "pixelserve-models")}
-docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if (d["kind"], d["metadata"]["name"]) in wanted]
+docs = [d for d in rendered if (d["kind"], d["metadata"]["name"]) in wanted]
 assert len(docs) == 3, [(d["kind"], d["metadata"]["name"]) for d in docs]
+worker = [d for d in rendered if (d["kind"], d["metadata"]["name"]) == ("Deployment", "pixelserve-worker")]
 # Two changes to the rendered objects. podman 4.3 plays every replica as a pod of its own, and publishes
 # each containerPort on the host's port of the same number, so a second replica fails ("address already
 # in use"): one replica. And podman 4.3 gives init containers the pod's restart policy, so
 # with a Deployment's `Always` the finished init container is restarted and kube play fails to remove it
 # ("cannot remove container ... as it is running"; podman issue #16343). OnFailure still restarts a
 # failed container. Kubernetes itself requires Always in a Deployment (validated by the tests).
-for d in docs:
+for d in docs + worker:
     if d["kind"] == "Deployment":
         d["spec"]["replicas"] = 1
         d["spec"]["template"]["spec"]["restartPolicy"] = "OnFailure"
 yaml.safe_dump_all(docs, open(sys.argv[2], "w"), sort_keys=False)
 # The second play reuses the volume: podman 4.3 refuses a PVC whose volume exists ("volume already exists").
-yaml.safe_dump_all([d for d in docs if d["kind"] != "PersistentVolumeClaim"], open(sys.argv[3], "w"), sort_keys=False)
+# It adds the training worker (its datasets volume is made and filled by this script).
+again = [d for d in docs if d["kind"] != "PersistentVolumeClaim"] + worker
+yaml.safe_dump_all(again, open(sys.argv[3], "w"), sort_keys=False)
 print("played:", ", ".join(f'{d["kind"]}/{d["metadata"]["name"]}' for d in docs))
 PY
 grep -q "image: $IMAGE" "$OUT/play.yaml" || { echo "rendered image is not $IMAGE"; exit 1; }
@@ -159,8 +166,9 @@ step "SIGTERM: drain, then graceful exit (podman pod stop -t 40)"
 t0=$(date +%s%N)
 quiet ns podman pod stop -t 40 "$POD" >/dev/null
 dt=$(( ($(date +%s%N) - t0) / 1000000 ))
-podman logs "$CTR" 2>&1 | grep -q "draining for 5.0 s" || fail "no drain on SIGTERM"
-echo "ok   stopped in $dt ms: $(podman logs "$CTR" 2>&1 | grep -E 'draining|Finished server process' | tr '\n' ' ')"
+logs=$(podman logs "$CTR" 2>&1)  # not piped into grep -q: an early exit would SIGPIPE podman (pipefail)
+[[ $logs == *"draining for 5.0 s"* ]] || fail "no drain on SIGTERM"
+echo "ok   stopped in $dt ms: $(grep -E 'draining|Finished server process' <<<"$logs" | tr '\n' ' ')"
 expect "exit code after SIGTERM" 0 "$(podman inspect "$CTR" --format '{{.State.ExitCode}}')"
 quiet ns podman kube down "$OUT/play.yaml" >/dev/null
 
@@ -169,6 +177,10 @@ model_pt=$(podman volume inspect pixelserve-models --format '{{.Mountpoint}}')/m
 seeded=$(stat -c '%i %Y' "$model_pt")
 token="play-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 podman_secret pixelserve-admin token "$token"
+podman volume rm -f pixelserve-datasets >/dev/null 2>&1 || true
+podman volume create pixelserve-datasets >/dev/null
+data=$(podman volume inspect pixelserve-datasets --format '{{.Mountpoint}}')
+[[ -d $DATASETS/mnist ]] && cp -r "$DATASETS/mnist" "$data/" && chown -R 10001:10001 "$data"
 play "$OUT/play-again.yaml"
 expect "init container exit code (podman events)" 0 "$(init_exit)"
 expect "mnist/1/model.pt after the second init container (inode mtime)" "$seeded" "$(stat -c '%i %Y' "$model_pt")"
@@ -176,8 +188,34 @@ expect "GET /train without a token" 401 "$(code "$URL/train")"
 expect "GET /train with the Secret's token" 200 "$(code -H "Authorization: Bearer $token" "$URL/train")"
 ns env LB_URL="$URL" python3 "$ROOT/deploy/smoke.py" || fail "smoke prediction"
 
+step "a training job: API -> job store -> worker pod -> shared volume -> every replica serves it"
+if [[ -d $DATASETS/mnist ]]; then
+  # Small enough for a CI machine, good enough to pass the worker's publication floor (80 % by default).
+  body='{"model": "mnist", "architecture": "mnist_cnn", "dataset": "mnist", "epochs": 1, "max_samples": 5000}'
+  answer=$(ns curl -sS -H "Authorization: Bearer $token" -H 'Content-Type: application/json' -d "$body" "$URL/train")
+  job=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["id"])' "$answer") || fail "POST /train: $answer"
+  t0=$SECONDS
+  while :; do
+    status=$(ns curl -fsS -H "Authorization: Bearer $token" "$URL/train/$job")
+    state=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["status"])' "$status")
+    [[ $state == succeeded ]] && break
+    [[ $state == queued || $state == running ]] || fail "job $job ended $state: $status"
+    (( SECONDS - t0 > 300 )) && fail "job $job still $state after 300 s"
+    sleep 2
+  done
+  version=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["version"])' "$status")
+  echo "ok   job $job succeeded in $(( SECONDS - t0 )) s: mnist version $version"
+  until [[ $(ns curl -fsS "$URL/health/ready") == *"\"mnist\":\"$version\""* ]]; do
+    (( SECONDS - t0 > 330 )) && fail "the API did not load mnist $version"
+    sleep 0.5
+  done
+  echo "ok   the API serves mnist $version (hot reload from the shared volume)"
+else
+  echo "SKIPPED: no $DATASETS/mnist, no training job"
+fi
+
 step "podman kube down"
-quiet ns podman kube down "$OUT/play.yaml"
-left=$(podman pod ps -q --filter "name=$API" | wc -l)
+quiet ns podman kube down "$OUT/play-again.yaml"
+left=$(podman pod ps -q --filter "name=pixelserve-" | wc -l)
 ((left == 0)) || fail "$left pod(s) left after kube down"
 echo "play check passed"
