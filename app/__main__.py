@@ -6,8 +6,8 @@ import argparse
 
 import uvicorn
 
+from app.core.settings import Settings
 from app.http_protocol import UVICORN_HTTP
-from app.settings import Settings
 
 
 def main() -> None:

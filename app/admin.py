@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-FINISHED = {"succeeded", "failed", "cancelled", "interrupted"}
+from app.core.catalogue import ARCHITECTURES, DATASETS, FINISHED, JobStatus, TrainingParameters
+from app.core.cli_args import add_model_arguments, given_values
 
 
 class AdminError(Exception):
@@ -49,9 +50,9 @@ class Admin:
             body["dataset"] = args.dataset or served["dataset"]
         else:
             body.update(architecture=args.architecture, dataset=args.dataset)
-        for key in ("epochs", "batch_size", "lr", "max_samples", "seed", "min_accuracy"):
-            if getattr(args, key) is not None:
-                body[key] = getattr(args, key)
+        body.update(given_values(args, TrainingParameters))  # the rest: the server's defaults
+        if args.min_accuracy is not None:
+            body["min_accuracy"] = args.min_accuracy
         headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
         job: dict[str, Any] = self.call("POST", "/train", json=body, headers=headers)
         return job
@@ -103,14 +104,10 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="start a training job")
     train.add_argument("model")
-    train.add_argument("--architecture", help="default: the served version's")
-    train.add_argument("--dataset", help="default: the served version's")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--max-samples", type=int)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--min-accuracy", type=float)
+    train.add_argument("--architecture", choices=ARCHITECTURES, help="default: the served version's")
+    train.add_argument("--dataset", choices=sorted(DATASETS), help="default: the served version's")
+    add_model_arguments(train, TrainingParameters)
+    train.add_argument("--min-accuracy", type=float, help="publication floor (0-1)")
     train.add_argument("--idempotency-key")
     train.add_argument("--wait", action="store_true", help="follow the job; exit 1 unless it succeeds")
     train.add_argument("--poll", type=float, default=1.0)
@@ -148,7 +145,7 @@ def run(argv: list[str] | None = None) -> int:
             "POST", f"/models/{args.model}/versions/{args.version}/activate", json={"pin": not args.no_pin}
         )
     print(json.dumps(result, indent=2))
-    if args.command == "train" and args.wait and result["status"] != "succeeded":
+    if args.command == "train" and args.wait and result["status"] != JobStatus.SUCCEEDED:
         print(f"job {result['id']} {result['status']}: {result.get('error')}", file=sys.stderr)
         return 1
     return 0

@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BodyTooLarge, Forbidden, PixelserveError, Unauthorized, error_response
-from app.settings import Settings
+from app.core.errors import BodyTooLarge, Forbidden, PixelserveError, Unauthorized
+from app.core.settings import Settings
+from app.http_errors import error_response
 
 ADMIN_MAX_BODY_BYTES = 64 * 1024  # a training request or an activation is a few hundred bytes
 

@@ -19,7 +19,7 @@ import uuid
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response
+from app.http_errors import error_response
 
 logger = logging.getLogger("pixelserve.errors")
 REQUEST_ID_HEADER = "X-Request-ID"

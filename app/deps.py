@@ -11,12 +11,12 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from app.admin_gate import admin_refusal
-from app.batching import Batcher
-from app.drain import Drainer
-from app.errors import Forbidden
-from app.jobs.store import JobStore
-from app.registry import ModelRegistry
-from app.settings import Settings
+from app.core.batching import Batcher
+from app.core.drain import Drainer
+from app.core.errors import Forbidden
+from app.core.job_store import JobStore
+from app.core.registry import ModelRegistry
+from app.core.settings import Settings
 
 
 async def get_settings(request: Request) -> Settings:

@@ -26,7 +26,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 # After a 431, read and drop what the client is still sending for a moment before closing: closing a
 # socket with unread data makes the kernel send a reset, and the client would lose the 431 (nginx's

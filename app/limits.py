@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BodyTooLarge, error_response
+from app.core.errors import BodyTooLarge
+from app.http_errors import error_response
 
 
 class BodySizeLimit:

@@ -14,27 +14,20 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from app.admin_gate import AdminGate
-from app.batching import Batcher
 from app.catch_all import CatchAll
-from app.drain import Drainer
-from app.errors import install_error_handlers
-from app.jobs.store import JobStore
+from app.core.batching import Batcher
+from app.core.devices import resolve_device
+from app.core.drain import Drainer
+from app.core.job_store import JobStore
+from app.core.registry import ModelRegistry
+from app.core.repository import ModelRepository
+from app.core.settings import Settings
+from app.http_errors import install_error_handlers
 from app.limits import BodySizeLimit
 from app.openapi import install_openapi
-from app.registry import ModelRegistry
-from app.repository import ModelRepository
 from app.routes import ADMIN_ROUTERS, api_router
-from app.settings import Settings
 
 logger = logging.getLogger("pixelserve")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("PIXELSERVE_DEVICE=cuda, but torch sees no CUDA device")
-    return torch.device(name)
 
 
 async def _watch(registry: ModelRegistry, interval: float) -> None:
@@ -66,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         registry = ModelRegistry(
             ModelRepository(settings.model_repository, settings.artifact_format),
-            _device(settings.device),
+            resolve_device(settings.device),
             settings.models,
             settings.optimize,
         )

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from app.errors import MalformedUpload
+from app.core.errors import MalformedUpload
 
 # RFC 2046: 1-70 characters from a restricted set; quoted when it holds some of them.
 _BOUNDARY = re.compile(r"""boundary\s*=\s*(?:"([^"]{1,70})"|([0-9A-Za-z'()+_,\-./:=?]{1,70}))""", re.IGNORECASE)

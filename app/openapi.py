@@ -1,7 +1,7 @@
 """The OpenAPI document, corrected to say what the service really answers.
 
 FastAPI derives the document from the routes, and misses what happens around them:
-- its 422 is `HTTPValidationError` ({"detail": [...]}), while app.errors answers every validation
+- its 422 is `HTTPValidationError` ({"detail": [...]}), while app.http_errors answers every validation
   error as ErrorBody ({"error", "code"});
 - a route whose JSON body FastAPI parses answers 400 for a body that is not JSON at all (not
   UTF-8, nested past the parser's depth): FastAPI raises that before any handler of ours runs;
@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.errors import ErrorBody
+from app.http_errors import ErrorBody
 
 ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorBody"}
 ADMIN_SCHEME = "adminToken"

@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.artifact_formats [--folder models/mnist/1] [--rounds 40] [--quick]
 
 Both artifacts of one version folder are loaded through the server's loader (`load_model`), the
-TorchScript one also as the registry serves it on CPU (frozen and optimised, app/optimize.py). The
+TorchScript one also as the registry serves it on CPU (frozen and optimised, app/core/optimize.py). The
 machine is shared and noisy, so the variants take turns: every round times a block of forward calls
 of each, in alternating order, and the tables give medians over all calls. Load time: warm (in this
 process, interleaved) and cold (a fresh interpreter each time, torch already imported).
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from app.artifacts import ARTIFACT_FILES, TORCH_EXPORT, TORCHSCRIPT, load_model, read_metadata
-from app.optimize import optimized
+from app.core.artifacts import ARTIFACT_FILES, TORCH_EXPORT, TORCHSCRIPT, load_model, read_metadata
+from app.core.optimize import optimized
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -36,7 +36,7 @@ OPTIMIZED = "torchscript, optimized"
 Forward = Callable[[torch.Tensor], torch.Tensor]
 # Run in a fresh interpreter: prints the seconds load_model took, imports excluded.
 _COLD_LOAD = (
-    "import sys, time, torch\nfrom pathlib import Path\nfrom app.artifacts import load_model\n"
+    "import sys, time, torch\nfrom pathlib import Path\nfrom app.core.artifacts import load_model\n"
     "torch.set_num_threads(1)\nstart = time.perf_counter()\nload_model(Path(sys.argv[1]), torch.device('cpu'))\n"
     "print(time.perf_counter() - start)\n"
 )
@@ -112,7 +112,7 @@ def unchecked(path: Path) -> Forward:
 
 
 # Variant -> (format of its file, how it is loaded). `torchscript, optimized` is what the registry
-# serves on CPU by default (PIXELSERVE_OPTIMIZE, app/optimize.py); torch.export is served as loaded.
+# serves on CPU by default (PIXELSERVE_OPTIMIZE, app/core/optimize.py); torch.export is served as loaded.
 VARIANTS: dict[str, tuple[str, Callable[[Path], Forward]]] = {
     TORCHSCRIPT: (TORCHSCRIPT, lambda path: load_model(path, CPU).forward),
     OPTIMIZED: (TORCHSCRIPT, lambda path: optimized(load_model(path, CPU)).forward),

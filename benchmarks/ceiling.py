@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.artifacts import load_model
-from app.inference import preprocess, run_model
-from app.settings import Settings
+from app.core.artifacts import load_model
+from app.core.inference import preprocess, run_model
+from app.core.settings import Settings
 from benchmarks.loadgen import Sample
 
 

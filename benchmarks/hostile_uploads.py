@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.settings import Settings
+from app.core.settings import Settings
 from benchmarks.loadgen import BOUNDARY, content_type, mnist_test_pngs, multipart_body
 from benchmarks.servers import HOST, ROOT, Variant, running
 from benchmarks.variants import UVICORN
@@ -64,7 +64,7 @@ def worst_inline_request(settings: Settings) -> tuple[bytes, int, int] | None:
     """A costly request still decoded in the inference thread: just under the large-image lane's threshold."""
     threshold = getattr(settings, "heavy_request_pixels", None)
     try:
-        from app.upload_cost import IMAGE_OVERHEAD_PIXELS as overhead  # imported here: absent in older code
+        from app.core.upload_cost import IMAGE_OVERHEAD_PIXELS as overhead  # imported here: absent in older code
     except ImportError:
         return None
     if threshold is None or threshold < 2 * overhead:

@@ -3,8 +3,8 @@
     python -m benchmarks.litserve_app --artifact models/mnist/1/model.pt --port 8000
 
 LitServe parses the multipart form in its API server process and hands it to one inference worker
-process, which decodes each `file` upload with `app.inference.preprocess` and runs batches of up to
-`--max-batch-size` through `app.inference.run_model`. Answers POST /predict with pixelserve's JSON.
+process, which decodes each `file` upload with `app.core.inference.preprocess` and runs batches of up to
+`--max-batch-size` through `app.core.inference.run_model`. Answers POST /predict with pixelserve's JSON.
 """
 
 import argparse
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from fastapi import Request
 
-from app.artifacts import LoadedModel, load_model
-from app.inference import Prediction, preprocess, run_model
-from app.settings import Settings
+from app.core.artifacts import LoadedModel, load_model
+from app.core.inference import Prediction, preprocess, run_model
+from app.core.settings import Settings
 
 MAX_PIXELS: int = Settings.model_fields["max_image_pixels"].default
 

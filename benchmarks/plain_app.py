@@ -16,7 +16,7 @@ import torch
 from fastapi import FastAPI, File, UploadFile
 from PIL import Image
 
-from app.artifacts import load_model
+from app.core.artifacts import load_model
 
 
 def create_app() -> FastAPI:

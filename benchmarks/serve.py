@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from app.artifacts import read_metadata
-from app.repository import ModelRepository
+from app.core.artifacts import read_metadata
+from app.core.repository import ModelRepository
 from benchmarks.ceiling import Ceiling, bare_ceiling
 from benchmarks.loadgen import (
     Sample,

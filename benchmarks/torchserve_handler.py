@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.artifacts import LoadedModel, load_model
-from app.inference import Prediction, preprocess, run_model
-from app.settings import Settings
+from app.core.artifacts import LoadedModel, load_model
+from app.core.inference import Prediction, preprocess, run_model
+from app.core.settings import Settings
 
 MAX_PIXELS: int = Settings.model_fields["max_image_pixels"].default
 UPLOAD_KEYS = ("file", "data", "body")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.repository import ModelRepository
+from app.core.repository import ModelRepository
 from benchmarks.loadgen import mnist_test_pngs, require_wrk, run_wrk, write_lua_script
 from benchmarks.servers import ROOT, Variant, running
 from benchmarks.variants import UVICORN

@@ -1,6 +1,6 @@
 """The servers `benchmarks.serve` compares: pixelserve, a plain endpoint, LitServe and TorchServe.
 
-All serve the same model.pt with pixelserve's preprocessing (`app.inference`), one torch thread per
+All serve the same model.pt with pixelserve's preprocessing (`app.core.inference`), one torch thread per
 process, and answer the same multipart upload (`file` field) with JSON holding a `label`. To add a
 server, add a `Variant` (see `benchmarks.servers` for its templates).
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from importlib.util import find_spec
 
+from app.core.settings import Settings
 from app.http_protocol import UVICORN_HTTP
-from app.settings import Settings
 from benchmarks import torchserve_setup
 from benchmarks.servers import HOST, Variant
 

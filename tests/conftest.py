@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 from training.config import TrainConfig
 from training.data import DATASETS, LoadedDataset, load_dataset
 from training.datasets import resolve_dataset

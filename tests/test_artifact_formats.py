@@ -11,7 +11,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.artifacts import (
+from app.core.artifacts import (
     TORCH_EXPORT,
     TORCHSCRIPT,
     ArtifactError,
@@ -21,8 +21,8 @@ from app.artifacts import (
     read_metadata,
     weights_sha256,
 )
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 from benchmarks.artifact_formats import main as benchmark_main
 from tests.conftest import SHIPPED_MODELS, encode
 from tests.images import draw_digit

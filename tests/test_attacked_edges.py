@@ -17,9 +17,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.artifacts import METADATA_FILE, read_metadata
+from app.core.artifacts import METADATA_FILE, read_metadata
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 from tests.conftest import encode
 from tests.images import draw_digit
 from tests.processes import free_port, start_replica, stop, wait_ready

@@ -19,13 +19,13 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.artifacts import LoadedModel, load_model
-from app.batching import Batcher, Probabilities
-from app.errors import InvalidImage
-from app.inference import run_model
+from app.core.artifacts import LoadedModel, load_model
+from app.core.batching import Batcher, Probabilities
+from app.core.errors import InvalidImage
+from app.core.inference import run_model
+from app.core.repository import ModelRepository
+from app.core.settings import BatchPolicy, Settings
 from app.main import create_app
-from app.repository import ModelRepository
-from app.settings import BatchPolicy, Settings
 from tests.conftest import encode
 from tests.processes import free_port, start_replica, stop, wait_ready
 from training.data import LoadedDataset

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.artifacts import read_metadata
+from app.core.artifacts import read_metadata
 from tests.conftest import dataset_dir
 from tests.processes import free_port, stop
 from training import datasets

@@ -11,10 +11,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.artifacts import METADATA_FILE, read_metadata
+from app.core.artifacts import METADATA_FILE, read_metadata
+from app.core.repository import ModelRepository
+from app.core.settings import Settings
 from app.main import create_app
-from app.repository import ModelRepository
-from app.settings import Settings
 from tests.conftest import encode
 from tests.images import draw_digit
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.errors import ImageTooLarge, InvalidImage, UnsupportedImage
-from app.inference import preprocess
-from app.preprocessing import apply_recipe
+from app.core.errors import ImageTooLarge, InvalidImage, UnsupportedImage
+from app.core.inference import preprocess
+from app.core.preprocessing import apply_recipe
 from tests.conftest import encode
 from tests.images import draw_digit
 from training.data import LoadedDataset

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from app.jobs.schema import CANCELLED, RUNNING, SUCCEEDED
-from app.jobs.store import JobStore
-from app.repository import ModelRepository
+from app.core.catalogue import JobStatus
+from app.core.job_store import JobStore
+from app.core.repository import ModelRepository
 from tests.conftest import DATA_ROOT, tiny_config
 from training.data import LoadedDataset
 from training.loop import train
@@ -67,7 +67,7 @@ def test_cancel_mid_training_stops_within_a_step(repository: Path, store_url: st
     assert not worker.is_alive(), "the cancel did not stop training"
     stopped_after = time.monotonic() - cancelled_at
     ended = store.get(job_id)
-    assert ended is not None and ended["status"] == CANCELLED and ended["version"] is None
+    assert ended is not None and ended["status"] == JobStatus.CANCELLED and ended["version"] is None
     assert "cancel" in ended["error"]
     assert run.progress["epoch"] == 1 and run.progress["step"] < run.progress["steps"]
     assert on_disk(repository) == before  # no version folder, no staging left, CURRENT as it was
@@ -91,7 +91,7 @@ def test_cancel_between_validation_and_swap_publishes_nothing(repository: Path, 
     assert job is not None
     CancelledJustBeforeSwap(store, settings(repository, store_url), job).run()
     ended = store.get(job_id)
-    assert ended is not None and ended["status"] == CANCELLED and ended["version"] is None
+    assert ended is not None and ended["status"] == JobStatus.CANCELLED and ended["version"] is None
     assert "before publication" in ended["error"]
     assert on_disk(repository) == before
 
@@ -109,7 +109,7 @@ def test_publication_and_the_jobs_end_commit_together(repository: Path, store_ur
     with pytest.raises(JobStopped) as refused:
         publish(repository, store, config, mnist, result, 0.0, job=(job_id, "w1"))
     assert refused.value.cancelled and on_disk(repository) == before
-    assert store.get(job_id)["status"] == RUNNING  # type: ignore[index]
+    assert store.get(job_id)["status"] == JobStatus.RUNNING  # type: ignore[index]
 
     # Another worker's job (this one lost it): refused as lost, not cancelled.
     other = store.create("mnist", QUICK)[0]["id"]
@@ -121,6 +121,6 @@ def test_publication_and_the_jobs_end_commit_together(repository: Path, store_ur
     # Published: the job is succeeded in the same transaction, so a later cancel finds it ended.
     version, current = publish(repository, store, config, mnist, result, 0.0, job=(other, "w2"))
     done = store.get(other)
-    assert current and done is not None and done["status"] == SUCCEEDED and done["version"] == version
+    assert current and done is not None and done["status"] == JobStatus.SUCCEEDED and done["version"] == version
     assert ModelRepository(repository).read_pointer("mnist") == (version, False)
     assert not store.cancel(other)["cancel_requested"]  # type: ignore[index]

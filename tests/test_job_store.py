@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from app.jobs.schema import CANCELLED, INTERRUPTED, QUEUED, RUNNING, SUCCEEDED
-from app.jobs.store import STOP_CANCELLED, STOP_LOST, JobStore
+from app.core.catalogue import JobStatus
+from app.core.job_store import STOP_CANCELLED, STOP_LOST, JobStore
 
 REQUEST = {"architecture": "mlp", "dataset": "mnist", "epochs": 1}
 
@@ -16,7 +16,7 @@ REQUEST = {"architecture": "mlp", "dataset": "mnist", "epochs": 1}
 def test_create_get_list_and_idempotency(store_url: str) -> None:
     store = JobStore(store_url)
     first, created = store.create("mnist", REQUEST)
-    assert created and first["status"] == QUEUED and first["metrics"] == []
+    assert created and first["status"] == JobStatus.QUEUED and first["metrics"] == []
     keyed, created = store.create("mnist", REQUEST, idempotency_key="abc")
     again, created_again = store.create("mnist", REQUEST, idempotency_key="abc")
     assert created and not created_again and again["id"] == keyed["id"]
@@ -43,7 +43,7 @@ def test_concurrent_claims_never_share_a_job(store_url: str) -> None:
     for thread in threads:
         thread.join()
     assert sorted(claimed) == sorted(created)  # every job once, none twice
-    assert all(job["status"] == RUNNING and job["attempts"] == 1 for job in store.recent())
+    assert all(job["status"] == JobStatus.RUNNING and job["attempts"] == 1 for job in store.recent())
 
 
 def test_claim_order_and_heartbeat_progress(store_url: str) -> None:
@@ -56,9 +56,9 @@ def test_claim_order_and_heartbeat_progress(store_url: str) -> None:
     assert not store.heartbeat(job["id"], "w2", 30, None)  # another worker cannot extend it
     assert store.get(job["id"])["progress"]["step"] == 5  # type: ignore[index]
     store.add_epoch(job["id"], "w1", {"epoch": 1, "train_loss": 0.5, "test_accuracy": 0.9})
-    assert store.finish(job["id"], "w1", SUCCEEDED, version="3")
+    assert store.finish(job["id"], "w1", JobStatus.SUCCEEDED, version="3")
     done = store.get(job["id"])
-    assert done is not None and done["status"] == SUCCEEDED and done["version"] == "3"
+    assert done is not None and done["status"] == JobStatus.SUCCEEDED and done["version"] == "3"
     assert done["metrics"][0]["test_accuracy"] == 0.9 and done["finished_at"] >= done["started_at"]
 
 
@@ -69,13 +69,13 @@ def test_expired_lease_is_interrupted_or_requeued_and_fences_the_old_worker(stor
     assert store.reap(max_attempts=2) == []  # lease still valid
     time.sleep(0.4)
     assert store.reap(max_attempts=2) == [job["id"]]
-    assert store.get(job["id"])["status"] == QUEUED  # type: ignore[index]  # retried: attempts remain
-    assert not store.finish(job["id"], "dead", SUCCEEDED, version="9")  # the lost worker cannot finish it
+    assert store.get(job["id"])["status"] == JobStatus.QUEUED  # type: ignore[index]  # retried: attempts remain
+    assert not store.finish(job["id"], "dead", JobStatus.SUCCEEDED, version="9")  # the lost worker cannot finish it
     store.claim("second", lease_seconds=0.2)
     time.sleep(0.4)
     store.reap(max_attempts=2)
     reaped = store.get(job["id"])
-    assert reaped is not None and reaped["status"] == INTERRUPTED and reaped["attempts"] == 2
+    assert reaped is not None and reaped["status"] == JobStatus.INTERRUPTED and reaped["attempts"] == 2
     assert "heartbeat" in reaped["error"] and reaped["version"] is None
 
 
@@ -83,10 +83,10 @@ def test_cancel_queued_and_running(store_url: str) -> None:
     store = JobStore(store_url)
     queued = store.create("a", REQUEST)[0]
     running = store.create("b", REQUEST)[0]
-    assert store.cancel(queued["id"])["status"] == CANCELLED  # type: ignore[index]
+    assert store.cancel(queued["id"])["status"] == JobStatus.CANCELLED  # type: ignore[index]
     assert store.claim("w", 30)["id"] == running["id"]  # type: ignore[index]  # cancelled jobs are not claimed
     after = store.cancel(running["id"])
-    assert after is not None and after["status"] == RUNNING and after["cancel_requested"]
+    assert after is not None and after["status"] == JobStatus.RUNNING and after["cancel_requested"]
     assert store.cancel_requested(running["id"])
     assert store.claim("w", 30) is None
 
@@ -127,12 +127,12 @@ def test_stop_reason_and_a_finish_inside_the_model_lock(store_url: str) -> None:
     assert store.stop_reason(job_id, "w2") == STOP_LOST
     with pytest.raises(RuntimeError), store.model_lock("mnist") as conn:  # a failed publication rolls back
         assert store.stop_reason(job_id, "w1", conn=conn) is None
-        assert store.finish(job_id, "w1", SUCCEEDED, version="2", conn=conn)
+        assert store.finish(job_id, "w1", JobStatus.SUCCEEDED, version="2", conn=conn)
         raise RuntimeError("the rename failed")
-    assert store.get(job_id)["status"] == RUNNING  # type: ignore[index]
+    assert store.get(job_id)["status"] == JobStatus.RUNNING  # type: ignore[index]
     store.cancel(job_id)
     assert store.stop_reason(job_id, "w1") == STOP_CANCELLED
     with store.model_lock("mnist") as conn:
         assert store.stop_reason(job_id, "w1", conn=conn) == STOP_CANCELLED
-    assert store.finish(job_id, "w1", CANCELLED, error="cancelled")
+    assert store.finish(job_id, "w1", JobStatus.CANCELLED, error="cancelled")
     assert store.stop_reason(job_id, "w1") == STOP_LOST  # ended: nothing left to go on with

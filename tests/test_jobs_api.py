@@ -11,10 +11,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.jobs.models import Architecture, DatasetName
+from app.core.catalogue import Architecture, DatasetName
+from app.core.repository import ModelRepository
+from app.core.settings import Settings
 from app.main import create_app
-from app.repository import ModelRepository
-from app.settings import Settings
 from tests.conftest import tiny_config
 from training.data import DATASETS, LoadedDataset
 from training.export import export_model

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.repository import ModelRepository
+from app.core.repository import ModelRepository
 from tests.conftest import DATA_ROOT, encode
 from tests.images import draw_digit
 from tests.processes import replicas, spawn, stop, wait_for

@@ -7,7 +7,7 @@ import os
 import httpx
 import pytest
 
-from app.errors import MalformedUpload
+from app.core.errors import MalformedUpload
 from app.multipart import boundary_of, iter_parts
 
 

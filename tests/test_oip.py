@@ -23,9 +23,9 @@ import tritonclient.http as triton_http
 from fastapi.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
-from app.inference import preprocess
+from app.core.inference import preprocess
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 from tests.conftest import encode
 from tests.processes import replicas
 from training.data import FASHION_LABELS, MNIST_LABELS, LoadedDataset

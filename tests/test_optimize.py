@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.artifacts import load_model
-from app.inference import run_model
-from app.optimize import optimized
-from app.registry import ModelRegistry
-from app.repository import ModelRepository
+from app.core.artifacts import load_model
+from app.core.inference import run_model
+from app.core.optimize import optimized
+from app.core.registry import ModelRegistry
+from app.core.repository import ModelRepository
 from training.data import LoadedDataset
 
 

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import ImageFilter
 
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 from tests.conftest import SHIPPED_MODELS, encode
 from tests.images import dataset_image_on_paper, draw_digit
 from training.data import LoadedDataset

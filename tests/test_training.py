@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.artifacts import load_model, read_metadata
+from app.core.artifacts import load_model, read_metadata
+from app.core.repository import ModelRepository
 from tests.conftest import dataset_dir, tiny_config
 from training.augment import POLICIES, augment_batch
 from training.cli import main as train_main
 from training.data import FASHION_LABELS, LoadedDataset, get_dataset_spec, load_idx_folder, parse_idx
-from training.export import existing_versions, export_model
+from training.export import export_model
 from training.loop import train
 from training.networks import architecture_names, count_parameters, create_network
 
@@ -123,7 +124,7 @@ def test_concurrent_exports_get_unique_increasing_versions(tmp_path: Path, mnist
     for thread in threads:
         thread.join()
     assert sorted(int(f.name) for f in folders) == [1, 2, 3, 4, 5, 6]
-    assert existing_versions(tmp_path / "mnist") == [1, 2, 3, 4, 5, 6]
+    assert ModelRepository(tmp_path).taken_versions("mnist") == [1, 2, 3, 4, 5, 6]
     for folder in folders:
         assert read_metadata(folder / "model.pt")["version"] == folder.name
 

@@ -17,11 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.batching import Batcher
-from app.imaging import WORKING_SIDE, decoded_size
-from app.inference import preprocess
+from app.core.batching import Batcher
+from app.core.imaging import WORKING_SIDE, decoded_size
+from app.core.inference import preprocess
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 from tests.conftest import encode
 from tests.images import draw_digit
 

@@ -15,61 +15,31 @@ import time
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
+from app.core.cli_args import add_model_arguments, given_values
 from training.config import TrainConfig
-from training.data import DATASETS, load_dataset
+from training.data import load_dataset
 from training.datasets import dataset_folder
 from training.export import export_model
 from training.loop import train
-from training.networks import architecture_names
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
-    defaults = TrainConfig()
+    """Flags generated from TrainConfig's fields (`--model` for model_name), checked by its own bounds."""
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=defaults.model_name, help="served model name (models/<name>/)")
-    parser.add_argument("--architecture", default=defaults.architecture, choices=architecture_names())
-    parser.add_argument("--dataset", default=defaults.dataset, choices=sorted(DATASETS))
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="folder of the four IDX files (.gz or raw), used as is; omit to find or download the official set",
-    )
+    add_model_arguments(parser, TrainConfig, flags={"model_name": "--model"})
     parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository to publish into")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    parser.add_argument("--no-augment", dest="augment", action="store_false")
-    parser.add_argument("--max-samples", type=int, default=None, help="train on the first N images only")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--device", default=defaults.device, choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--dry-run", action="store_true", help="one epoch of three batches, to check the path")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
-        parser.error("--epochs and --batch-size must be >= 1 and --lr > 0")
-    config = TrainConfig(
-        model_name=args.model,
-        architecture=args.architecture,
-        dataset=args.dataset,
-        # Recorded in the model's metadata: where the set was read from, found or downloaded.
-        data_dir=args.data_dir or dataset_folder(args.dataset),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        augment=args.augment,
-        max_samples=args.max_samples,
-        seed=args.seed,
-        device=args.device,
-        threads=args.threads,
-        dry_run=args.dry_run,
-    )
+    values = given_values(args, TrainConfig)
+    # Recorded in the model's metadata: where the set was read from, found or downloaded.
+    dataset = values.get("dataset", TrainConfig.model_fields["dataset"].default)
+    values["data_dir"] = values.get("data_dir") or dataset_folder(dataset)
+    try:
+        config = TrainConfig.model_validate(values)
+    except ValidationError as exc:
+        parser.error("; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()))
     return config, args
 
 

@@ -1,31 +1,29 @@
-"""The full description of one training run: frozen, so what is exported is what ran."""
+"""The full description of one training run: frozen, so what is exported is what ran.
+
+`TrainConfig` is the shared `TrainingParameters` (app.core.catalogue: the API's training body, the
+worker and both command lines use the same fields, bounds and defaults) plus what only a run on
+this machine knows: the served name, where the data is, the device.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
+
+from app.core.catalogue import Architecture, DatasetName, TrainingParameters
+from app.core.repository import MODEL_NAME
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    model_name: str = "mnist"  # the served name: models/<model_name>/<version>/
-    architecture: str = "mnist_cnn"
-    dataset: str = "mnist"
-    data_dir: Path | None = None  # folder of IDX files; None downloads with torchvision
-    epochs: int = 12
-    batch_size: int = 128
-    lr: float = 3e-3  # peak of the one-cycle schedule
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.05
-    augment: bool = True
-    max_samples: int | None = None  # train on the first N images only (quick jobs, tests)
-    seed: int = 1
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
-    dry_run: bool = False  # one epoch of a few batches, to check the whole path quickly
+class TrainConfig(TrainingParameters):
+    model_name: str = Field("mnist", pattern=MODEL_NAME, description="the served name: models/<name>/<version>/")
+    architecture: Architecture = Field("mnist_cnn", description="a network of training.networks")
+    dataset: DatasetName = Field("mnist", description="the set to train and evaluate on")
+    data_dir: Path | None = Field(None, description="folder of the four IDX files; default: found or downloaded")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's")
+    dry_run: bool = Field(False, description="one epoch of three batches, to check the whole path quickly")
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["data_dir"] = str(self.data_dir) if self.data_dir is not None else None
-        return out
+        return self.model_dump(mode="json")

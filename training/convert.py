@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.artifacts import ArtifactError, load_model, read_metadata, weights_sha256
+from app.core.artifacts import ArtifactError, load_model, read_metadata, weights_sha256
+from app.core.durable import fsync_dir
 from training.export import (
     ARTIFACT_FILE,
     EXPORTED_FILE,
     FORMATS,
     ServedModel,
-    fsync_dir,
     to_exported_program,
     write_exported,
 )

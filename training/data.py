@@ -15,45 +15,11 @@ from pathlib import Path
 
 import torch
 
+from app.core.catalogue import DATASETS, FASHION_LABELS, MNIST_LABELS, DatasetSpec, get_dataset_spec
 from training.datasets import IDX_SHA256, resolve_dataset
 
-MNIST_LABELS = tuple(str(d) for d in range(10))
-FASHION_LABELS = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What a served model needs to know about the data it was trained on."""
-
-    name: str
-    labels: tuple[str, ...]
-    mean: float  # pixel statistics of the training set, pixels scaled to [0, 1]
-    std: float
-    preprocessing: str  # "digit" or "garment": the recipe the server applies to uploads
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec("mnist", MNIST_LABELS, 0.1307, 0.3081, "digit"),
-    "fashion-mnist": DatasetSpec("fashion-mnist", FASHION_LABELS, 0.2860, 0.3530, "garment"),
-}
-
-
-def get_dataset_spec(name: str) -> DatasetSpec:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}") from None
+# The specs (labels, pixel statistics, recipe) are the catalogue's: the API knows them too.
+__all__ = ["DATASETS", "FASHION_LABELS", "MNIST_LABELS", "DatasetSpec", "get_dataset_spec"]
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from app.core.durable import fsync_dir
+
 logger = logging.getLogger("pixelserve.datasets")
 
 DATA_DIR_ENV = "PIXELSERVE_DATA_DIR"
@@ -172,7 +174,7 @@ def fetch_verified(url: str, dest: Path, sha256: str, idx_size: int, progress: b
         if digest != sha256:
             raise DownloadRefused(f"checksum mismatch: decompressed SHA-256 {digest}, expected {sha256}")
         os.replace(partial, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     finally:
         partial.unlink(missing_ok=True)
 
@@ -190,18 +192,6 @@ def _idx_sha256(path: Path, idx_size: int) -> str:
     except (OSError, EOFError, zlib.error) as exc:
         raise DownloadRefused(f"not a complete gzip file ({exc})") from exc
     return digest.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _NoBar:

@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-# weights_sha256: one definition, the server recomputes exactly this.
-from app.artifacts import (
+from app.core.artifacts import (
     ARTIFACT_FILES,
     TORCH_EXPORT,
     TORCH_EXPORT_LOCK,
@@ -29,6 +28,10 @@ from app.artifacts import (
     jit_deprecation_silenced,
     weights_sha256,
 )
+
+# weights_sha256: one definition, the server recomputes exactly this.
+from app.core.durable import fsync_dir
+from app.core.repository import ModelRepository
 from training.config import TrainConfig
 from training.data import LoadedDataset
 from training.loop import TrainResult
@@ -120,20 +123,6 @@ def build_metadata(
     }
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def existing_versions(model_dir: Path) -> list[int]:
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 def _fsync_file(path: Path) -> None:
     with path.open("rb") as handle:
         os.fsync(handle.fileno())
@@ -188,7 +177,7 @@ def export_model(
     with _TRACE_LOCK:  # state_dict() meets the fake-tensor mode of another thread's torch.export
         sha256 = weights_sha256(served)
     for _attempt in range(100):
-        versions = existing_versions(model_dir)
+        versions = ModelRepository(repository).taken_versions(name)
         version = str(versions[-1] + 1 if versions else 1)
         staging = model_dir / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from app.core.devices import resolve_device
 from training.augment import POLICIES, augment_batch
 from training.config import TrainConfig
 from training.data import LoadedDataset, Split, take_first
@@ -61,16 +62,6 @@ class TrainResult:
 
 class TrainingCancelled(Exception):
     """Raised when the caller's should_stop() turns true between steps."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:

@@ -1,6 +1,6 @@
 """Name -> architecture registry of the seed networks (after the classic PyTorch tutorials).
 
-Every network takes normalised images [N, 1, 28, 28] and returns logits [N, 10].
+Every network takes normalised images [N, 1, 28, 28] and returns logits [N, num_classes].
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from torch import nn
+
+from app.core.catalogue import ARCHITECTURES
 
 NetworkFactory = Callable[[int], nn.Module]
 _REGISTRY: dict[str, NetworkFactory] = {}
@@ -113,3 +115,9 @@ def fashion_vgg(num_classes: int) -> nn.Module:
         nn.Dropout(0.25), nn.Linear(32 * 7 * 7, 128), nn.ReLU(),
         nn.Dropout(0.25), nn.Linear(128, num_classes),
     )  # fmt: skip
+
+
+# The catalogue (app.core.catalogue) names the architectures the API accepts; this registry builds them.
+# They must be the same set, or a job could be accepted that no worker can train: checked at import.
+if set(_REGISTRY) != set(ARCHITECTURES):
+    raise ImportError(f"training.networks builds {sorted(_REGISTRY)}, the catalogue names {sorted(ARCHITECTURES)}")

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
-from app.artifacts import ArtifactError, load_model
-from app.jobs.schema import SUCCEEDED
-from app.jobs.store import STOP_CANCELLED, STOP_LOST, JobStore
-from app.repository import ModelRepository
+from app.core.artifacts import ArtifactError, load_model
+from app.core.catalogue import JobStatus
+from app.core.durable import fsync_dir
+from app.core.job_store import STOP_CANCELLED, STOP_LOST, JobStore
+from app.core.repository import ModelRepository
 from training.config import TrainConfig
 from training.data import LoadedDataset
-from training.export import export_model, fsync_dir
+from training.export import export_model
 from training.loop import TrainResult, to_input
 
 VALIDATION_IMAGES = 2000
@@ -88,7 +89,7 @@ def publish(
         with store.model_lock(name) as conn:
             if job is not None:
                 reason = store.stop_reason(*job, conn=conn)
-                if reason is not None or not store.finish(*job, SUCCEEDED, version=target.name, conn=conn):
+                if reason is not None or not store.finish(*job, JobStatus.SUCCEEDED, version=target.name, conn=conn):
                     raise JobStopped(reason or STOP_LOST)  # rolls back; export_model removes the staging folder
             os.rename(staging, target)  # an OSError here: the number was taken, export_model tries the next
             try:

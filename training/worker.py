@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.jobs.schema import CANCELLED, FAILED
-from app.jobs.store import STOP_CANCELLED, STOP_LOST, Job, JobStore
+from app.core.catalogue import JobStatus
+from app.core.job_store import STOP_CANCELLED, STOP_LOST, Job, JobStore
+from app.core.settings import CommonSettings
 from training.config import TrainConfig
 from training.data import LoadedDataset, load_dataset
 from training.datasets import dataset_folder
@@ -38,26 +38,16 @@ STALE_STAGING_S = 3600
 STOP_POLL_S = 0.5
 
 
-class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PIXELSERVE_", frozen=True, extra="ignore")
+class WorkerSettings(CommonSettings):
+    """The worker's settings: the common ones (repository, job store, device, threads, log level) and its own."""
 
-    model_repository: Path = Path("models")
-    job_store_url: str | None = None
     data_dir: Path | None = Field(
         None, description="first place to look for <dataset>/ IDX folders; then training.datasets' lookup"
     )
     min_publish_accuracy: float = Field(0.8, ge=0, le=1)
     lease_s: float = Field(30.0, gt=0)
     poll_interval_s: float = Field(1.0, gt=0)
-    job_max_attempts: int = Field(1, ge=1, description="runs of a job whose worker died before it is `interrupted`")
     worker_id: str = f"{socket.gethostname()}:{os.getpid()}"
-    device: str = "auto"
-    torch_threads: int | None = Field(None, ge=1)
-    log_level: str = "INFO"
-
-    @property
-    def job_store(self) -> str:
-        return self.job_store_url or f"sqlite:///{(self.model_repository / '.jobs.sqlite').resolve()}"
 
 
 class JobRun:
@@ -115,14 +105,13 @@ class JobRun:
 
     def _config(self) -> TrainConfig:
         request = self.job["request"]
-        keys = ("architecture", "dataset", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing",
-                "augment", "max_samples", "seed")  # fmt: skip
+        shared = TrainConfig.model_fields.keys() & request.keys()  # the job's parameters, by the one model
         return TrainConfig(
             model_name=self.job["model"],
             data_dir=dataset_folder(request["dataset"], self.settings.data_dir),  # stat calls only, no download
             device=self.settings.device,
             threads=self.settings.torch_threads,
-            **{key: request[key] for key in keys if key in request},
+            **{key: request[key] for key in shared if key not in ("data_dir", "device", "threads", "dry_run")},
         )
 
     def load_data(self) -> LoadedDataset:
@@ -150,12 +139,14 @@ class JobRun:
             else:
                 error = str(exc) or "cancelled while running"
                 logger.info("job %s: %s", job_id, error)
-                self.store.finish(job_id, worker_id, CANCELLED, error=error)
+                self.store.finish(job_id, worker_id, JobStatus.CANCELLED, error=error)
         except PublicationRefused as exc:
-            self.store.finish(job_id, worker_id, CANCELLED if self.cancelled.is_set() else FAILED, error=str(exc))
+            self.store.finish(
+                job_id, worker_id, JobStatus.CANCELLED if self.cancelled.is_set() else JobStatus.FAILED, error=str(exc)
+            )
         except Exception as exc:  # a job's failure must not kill the worker
             logger.exception("job %s failed", job_id)
-            self.store.finish(job_id, worker_id, FAILED, error=f"{type(exc).__name__}: {exc}")
+            self.store.finish(job_id, worker_id, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
         finally:
             self._done.set()
             beat.join()

@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from app.errors import BodyTooLarge, InvalidInferenceRequest, TooManyImages, UnsupportedContentEncoding
+from app.core.errors import BodyTooLarge, InvalidInferenceRequest, TooManyImages, UnsupportedContentEncoding
 from app.oip.metadata import INPUT_SHAPES, OUTPUT_NAMES, PROBABILITIES
 
 HEADER_LENGTH = "Inference-Header-Content-Length"

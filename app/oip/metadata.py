@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 
-from app.artifacts import LoadedModel
-from app.imaging import ACCEPTED_FORMATS
-from app.oip.schemas import ModelMetadata, TensorMetadata
+from app.core.artifacts import LoadedModel
+from app.core.imaging import ACCEPTED_FORMATS
+from app.oip.bodies import ModelMetadata, TensorMetadata
 
 SERVER_NAME = "pixelserve"
 EXTENSIONS = ["binary_tensor_data", "classification"]

@@ -1,9 +1,9 @@
 """An input tensor's values -> float32 [N, 28, 28] pixels in [0, 1], in the inference thread.
 
-`plan` gives a batch item's `prepare` (app/batching.py): whatever is wrong with the values (a
+`plan` gives a batch item's `prepare` (app/core/batching.py): whatever is wrong with the values (a
 count that does not match the shape, NaN, a pixel out of range, a file that does not decode) raises
 a PixelserveError that fails this request alone, with its 4xx. A BYTES tensor's files are taken
-apart and their headers measured first (app/upload_cost.py): over the per-request pixel budget is
+apart and their headers measured first (app/core/upload_cost.py): over the per-request pixel budget is
 a 413 before any decoding, and a costly one is decoded in the large-image lane.
 """
 
@@ -19,13 +19,13 @@ from functools import partial
 import numpy as np
 from PIL import Image
 
-from app.batching import Prepare
-from app.errors import InvalidImage, InvalidInferenceRequest, PixelserveError
-from app.inference import preprocess
+from app.core.batching import Prepare
+from app.core.errors import InvalidImage, InvalidInferenceRequest, PixelserveError
+from app.core.inference import preprocess
+from app.core.settings import Settings
+from app.core.upload_cost import is_heavy, open_uploads
 from app.oip.codec import InputTensor
 from app.oip.metadata import SIDE
-from app.settings import Settings
-from app.upload_cost import is_heavy, open_uploads
 
 
 def plan(tensor: InputTensor, recipe: str, settings: Settings) -> tuple[Prepare, bool]:

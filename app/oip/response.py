@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from fastapi.responses import Response
 
-from app.artifacts import LoadedModel
+from app.core.artifacts import LoadedModel
 from app.oip.codec import HEADER_LENGTH, InferRequest, RequestedOutput
 from app.oip.metadata import PROBABILITIES
 

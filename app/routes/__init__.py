@@ -2,8 +2,9 @@
 
 from fastapi import APIRouter, Depends
 
+from app.core.errors import Forbidden, Unauthorized
 from app.deps import require_admin
-from app.errors import Forbidden, Unauthorized, responses
+from app.http_errors import responses
 from app.routes import health, models, predict, train, versions
 from app.routes.v2 import router as v2_router
 

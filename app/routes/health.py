@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from app.core.errors import NotReady
 from app.deps import DrainerDep, RegistryDep
-from app.errors import NotReady, responses
+from app.http_errors import responses
 
 router = APIRouter(prefix="/health", tags=["health"])
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.artifacts import ArtifactError, public_metadata, read_metadata
-from app.batching import BatchCounters
+from app.bodies import BatchingInfo, ModelDetail, ModelSummary, VersionInfo
+from app.core.artifacts import ArtifactError, public_metadata, read_metadata
+from app.core.batching import BatchCounters
+from app.core.errors import ModelNotFound
+from app.core.registry import ModelRegistry
 from app.deps import BatcherDep, RegistryDep
-from app.errors import ModelNotFound, responses
-from app.registry import ModelRegistry
-from app.schemas import BatchingInfo, ModelDetail, ModelSummary, VersionInfo
+from app.http_errors import responses
 
 router = APIRouter(prefix="/models", tags=["models"])
 

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from app.deps import BatcherDep, RegistryDep, SettingsDep
-from app.errors import (
+from app.bodies import PredictionBody
+from app.core.errors import (
     BodyTooLarge,
     ImageTooLarge,
     InvalidImage,
@@ -19,12 +19,12 @@ from app.errors import (
     PixelserveError,
     TooManyImages,
     UnsupportedImage,
-    responses,
 )
-from app.inference import Prediction, prepare_uploads
+from app.core.inference import Prediction, prepare_uploads
+from app.core.upload_cost import is_heavy, open_uploads
+from app.deps import BatcherDep, RegistryDep, SettingsDep
+from app.http_errors import responses
 from app.multipart import boundary_of, iter_parts
-from app.schemas import PredictionBody
-from app.upload_cost import is_heavy, open_uploads
 
 router = APIRouter(prefix="/predict", tags=["predict"])
 

@@ -7,10 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
+from app.bodies import JobView, TrainRequest, job_view
+from app.core.catalogue import FINISHED, JobStatus
+from app.core.errors import Conflict, JobNotFound
 from app.deps import JobStoreDep, SettingsDep
-from app.errors import Conflict, JobNotFound, responses
-from app.jobs.models import JobView, TrainRequest, job_view
-from app.jobs.schema import CANCELLED, FINISHED
+from app.http_errors import responses
 
 router = APIRouter(prefix="/train", tags=["admin: training"])  # admin-only: see app/routes/__init__.py
 
@@ -83,6 +84,6 @@ def cancel_job(job_id: int, store: JobStoreDep) -> JobView:
         raise Conflict(f"job {job_id} already ended: {before['status']}")
     job = store.cancel(job_id)
     assert job is not None
-    if job["status"] != CANCELLED and not job["cancel_requested"]:  # it ended (published) meanwhile
+    if job["status"] != JobStatus.CANCELLED and not job["cancel_requested"]:  # it ended (published) meanwhile
         raise Conflict(f"job {job_id} already ended: {job['status']}")
     return job_view(job)

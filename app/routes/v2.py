@@ -14,10 +14,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from app.artifacts import LoadedModel
-from app.batching import Batcher
-from app.deps import BatcherDep, DrainerDep, RegistryDep, SettingsDep
-from app.errors import (
+from app.core.artifacts import LoadedModel
+from app.core.batching import Batcher
+from app.core.errors import (
     BodyTooLarge,
     ImageTooLarge,
     InvalidImage,
@@ -29,13 +28,12 @@ from app.errors import (
     UnsupportedContentEncoding,
     UnsupportedImage,
     VersionNotFound,
-    responses,
 )
-from app.oip.codec import HEADER_LENGTH, INLINE_JSON_BYTES, read_request
-from app.oip.metadata import EXTENSIONS, SERVER_NAME, model_metadata
-from app.oip.pixels import plan
-from app.oip.response import build_response
-from app.oip.schemas import (
+from app.core.registry import ModelRegistry
+from app.core.settings import Settings
+from app.deps import BatcherDep, DrainerDep, RegistryDep, SettingsDep
+from app.http_errors import responses
+from app.oip.bodies import (
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,
@@ -45,8 +43,10 @@ from app.oip.schemas import (
     ServerReady,
     inline_schema,
 )
-from app.registry import ModelRegistry
-from app.settings import Settings
+from app.oip.codec import HEADER_LENGTH, INLINE_JSON_BYTES, read_request
+from app.oip.metadata import EXTENSIONS, SERVER_NAME, model_metadata
+from app.oip.pixels import plan
+from app.oip.response import build_response
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 

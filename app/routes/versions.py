@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Body
 from starlette.concurrency import run_in_threadpool
 
-from app.artifacts import ArtifactError, load_model
+from app.bodies import ActivateRequest, Activation
+from app.core.artifacts import ArtifactError, load_model
+from app.core.errors import Conflict, VersionNotFound
 from app.deps import JobStoreDep, RegistryDep
-from app.errors import Conflict, VersionNotFound, responses
-from app.jobs.models import ActivateRequest, Activation
+from app.http_errors import responses
 
 router = APIRouter(prefix="/models", tags=["admin: versions"])  # admin-only: see app/routes/__init__.py
 

@@ -1,6 +1,6 @@
 """From upload bytes to class probabilities: decode, the model's recipe, one forward pass.
 
-Synchronous and CPU-bound: the batching threads run it (app/batching.py), never the event loop.
+Synchronous and CPU-bound: the batching threads run it (app/core/batching.py), never the event loop.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app.artifacts import LoadedModel
-from app.errors import PixelserveError
-from app.imaging import decode_light_on_dark
-from app.preprocessing import apply_recipe
+from app.core.artifacts import LoadedModel
+from app.core.errors import PixelserveError
+from app.core.imaging import decode_light_on_dark
+from app.core.preprocessing import apply_recipe
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,6 @@ from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, 
 
 metadata = MetaData()
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "interrupted",
-)
-FINISHED = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
-
 # Times are seconds since the epoch on the database's clock, never a host's: workers and replicas
 # on different machines then agree on when a lease ran out.
 jobs = Table(

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from app.artifacts import ArtifactError, LoadedModel, load_model
-from app.errors import ModelNotFound
-from app.optimize import optimized
-from app.repository import ModelRepository
+from app.core.artifacts import ArtifactError, LoadedModel, load_model
+from app.core.errors import ModelNotFound
+from app.core.optimize import optimized
+from app.core.repository import ModelRepository
 
 logger = logging.getLogger("pixelserve.registry")
 
@@ -31,7 +31,7 @@ class ModelRegistry:
     repository: ModelRepository
     device: torch.device
     wanted: list[str] | None = None  # None: every model in the repository
-    optimize: bool = True  # freeze + optimize_for_inference on CPU (app/optimize.py)
+    optimize: bool = True  # freeze + optimize_for_inference on CPU (app/core/optimize.py)
     models: dict[str, LoadedModel] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # name -> why it (or its newest version) is not served
     refused: set[tuple[str, str]] = field(default_factory=set)  # (name, version) not to retry

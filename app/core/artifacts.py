@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.export.passes
 
-from app.preprocessing import RECIPES
+from app.core.preprocessing import RECIPES
 
 METADATA_FILE = "metadata.json"
 TORCHSCRIPT = "torchscript"

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from app.errors import ImageTooLarge, InvalidImage, UnsupportedImage
+from app.core.errors import ImageTooLarge, InvalidImage, UnsupportedImage
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N"}

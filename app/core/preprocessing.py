@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from app.errors import InvalidImage
-from app.imaging import border_stats
+from app.core.errors import InvalidImage
+from app.core.imaging import border_stats
 
 SIDE = 28
 DIGIT_BOX = 20

@@ -15,16 +15,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, insert, select,
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
-from app.jobs.schema import (
-    CANCELLED,
-    FINISHED,
-    INTERRUPTED,
-    QUEUED,
-    RUNNING,
-    jobs,
-    metadata,
-    model_locks,
-)
+from app.core.catalogue import FINISHED, JobStatus
+from app.core.job_tables import jobs, metadata, model_locks
 
 Job = dict[str, Any]
 # Why a worker must stop a job (JobStore.stop_reason).
@@ -80,7 +72,7 @@ class JobStore:
         try:
             with self.engine.begin() as conn:
                 values: dict[str, Any] = {
-                    "idempotency_key": idempotency_key, "model": model, "request": request, "status": QUEUED,
+                    "idempotency_key": idempotency_key, "model": model, "request": request, "status": JobStatus.QUEUED,
                     "attempts": 0, "cancel_requested": False, "metrics": [], "created_at": self.now(conn),
                 }  # fmt: skip
                 job_id = conn.execute(insert(jobs).values(**values).returning(jobs.c.id)).scalar_one()
@@ -124,11 +116,13 @@ class JobStore:
             now = self.now(conn)
             conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == QUEUED)
-                .values(status=CANCELLED, finished_at=now, error="cancelled before it started")
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED)
+                .values(status=JobStatus.CANCELLED, finished_at=now, error="cancelled before it started")
             )
             conn.execute(
-                update(jobs).where(jobs.c.id == job_id, jobs.c.status == RUNNING).values(cancel_requested=True)
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING)
+                .values(cancel_requested=True)
             )
         return self.get(job_id)
 
@@ -137,7 +131,7 @@ class JobStore:
     def claim(self, worker_id: str, lease_seconds: float) -> Job | None:
         """Atomically take the oldest queued job, or None."""
         with self.engine.begin() as conn:
-            query = select(jobs.c.id).where(jobs.c.status == QUEUED).order_by(jobs.c.id).limit(1)
+            query = select(jobs.c.id).where(jobs.c.status == JobStatus.QUEUED).order_by(jobs.c.id).limit(1)
             if self.is_postgres:
                 query = query.with_for_update(skip_locked=True)
             job_id = conn.execute(query).scalar_one_or_none()
@@ -146,9 +140,9 @@ class JobStore:
             now = self.now(conn)
             conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == QUEUED)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED)
                 .values(
-                    status=RUNNING,
+                    status=JobStatus.RUNNING,
                     worker_id=worker_id,
                     attempts=jobs.c.attempts + 1,
                     lease_expires_at=now + lease_seconds,
@@ -166,7 +160,7 @@ class JobStore:
                 values["progress"] = progress
             result = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id, jobs.c.status == RUNNING)
+                .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id, jobs.c.status == JobStatus.RUNNING)
                 .values(**values)
             )
         return result.rowcount == 1
@@ -187,7 +181,7 @@ class JobStore:
                 row = own.execute(query).first()
         else:
             row = conn.execute(query.with_for_update() if self.is_postgres else query).first()
-        if row is None or row.status != RUNNING or row.worker_id != worker_id:
+        if row is None or row.status != JobStatus.RUNNING or row.worker_id != worker_id:
             return STOP_LOST
         return STOP_CANCELLED if row.cancel_requested else None
 
@@ -196,7 +190,7 @@ class JobStore:
             current = conn.execute(select(jobs.c.metrics).where(jobs.c.id == job_id)).scalar_one()
             conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id, jobs.c.status == RUNNING)
+                .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id, jobs.c.status == JobStatus.RUNNING)
                 .values(metrics=[*current, metrics])
             )
 
@@ -217,7 +211,7 @@ class JobStore:
                 return self.finish(job_id, worker_id, status, version, error, own)
         result = conn.execute(
             update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id, jobs.c.status == RUNNING)
+            .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id, jobs.c.status == JobStatus.RUNNING)
             .values(status=status, version=version, error=error, finished_at=self.now(conn), lease_expires_at=None)
         )
         return result.rowcount == 1
@@ -227,7 +221,7 @@ class JobStore:
         with self.engine.begin() as conn:
             now = self.now(conn)
             query = select(jobs.c.id, jobs.c.attempts, jobs.c.cancel_requested).where(
-                jobs.c.status == RUNNING, jobs.c.lease_expires_at < now
+                jobs.c.status == JobStatus.RUNNING, jobs.c.lease_expires_at < now
             )
             if self.is_postgres:
                 query = query.with_for_update(skip_locked=True)
@@ -235,11 +229,13 @@ class JobStore:
             for job_id, attempts, cancel_requested in expired:
                 values: dict[str, Any]
                 if attempts < max_attempts and not cancel_requested:
-                    values = {"status": QUEUED, "worker_id": None, "lease_expires_at": None}
+                    values = {"status": JobStatus.QUEUED, "worker_id": None, "lease_expires_at": None}
                 else:
-                    values = {"status": INTERRUPTED, "finished_at": now, "lease_expires_at": None,
+                    values = {"status": JobStatus.INTERRUPTED, "finished_at": now, "lease_expires_at": None,
                               "error": f"worker lost (no heartbeat) after {attempts} attempt(s)"}  # fmt: skip
-                conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == RUNNING).values(**values))
+                conn.execute(
+                    update(jobs).where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING).values(**values)
+                )
         return [row[0] for row in expired]
 
     @contextmanager

@@ -8,7 +8,7 @@ and only while other requests are still being received: at concurrency 1 nothing
 It prepares each item on its own (a bad image fails only its own request), runs the model once,
 and resolves the futures of each event loop with one callback.
 
-A request whose images are costly to decode (`heavy`: many pixels, app/upload_cost.py) is first
+A request whose images are costly to decode (`heavy`: many pixels, app/core/upload_cost.py) is first
 prepared in the large-image lane, one thread of its own, and joins the queue as plain pixels: a big
 upload then delays other big uploads, never the forward passes of everyone else's small ones.
 """
@@ -30,9 +30,9 @@ from functools import partial
 import numpy as np
 import torch
 
-from app.artifacts import LoadedModel
-from app.inference import run_model
-from app.settings import BatchPolicy
+from app.core.artifacts import LoadedModel
+from app.core.inference import run_model
+from app.core.settings import BatchPolicy
 
 logger = logging.getLogger("pixelserve.batching")
 

@@ -4,7 +4,7 @@ A 35-byte GIF may declare a 6000x6000 canvas: the bytes of a request say nothing
 pixels its images decode to do. The routes measure them on the event loop (Pillow's Image.open
 reads only the header: microseconds, like the multipart parse already done there), refuse a request
 over the per-request budget with a 413, and send a request over `heavy_request_pixels` through the
-batcher's large-image lane (app/batching.py) so its decoding never holds the inference thread.
+batcher's large-image lane (app/core/batching.py) so its decoding never holds the inference thread.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 
 from PIL import Image
 
-from app.errors import ImageTooLarge, PixelserveError
-from app.imaging import open_image
-from app.settings import Settings
+from app.core.errors import ImageTooLarge, PixelserveError
+from app.core.imaging import open_image
+from app.core.settings import Settings
 
 # What one image costs beyond its pixels (~0.4 ms: opening it, the recipe's resampling and its
 # Python calls), in pixels of decoding (~10 ns each): a lone 28x28 upload stays inline, a request

@@ -1,4 +1,8 @@
-"""Typed settings from `PIXELSERVE_*` environment variables; a bad value stops start-up with a clear message."""
+"""Typed settings from `PIXELSERVE_*` environment variables; a bad value stops start-up with a clear message.
+
+`CommonSettings` holds what the API server and the training worker (training/worker.py) share;
+each adds its own fields on top, so a variable means the same thing, with the same type, in both.
+"""
 
 from __future__ import annotations
 
@@ -24,14 +28,39 @@ class BatchOverride(BaseModel):
     max_delay_ms: float | None = Field(None, ge=0, le=1000)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PIXELSERVE_", frozen=True)
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PIXELSERVE_", frozen=True, extra="ignore")
 
     model_repository: Path = Field(Path("models"), description="folder holding <name>/<version>/model.pt")
+    job_store_url: str | None = Field(
+        None, description="SQLAlchemy URL of the job store; default: SQLite file <model_repository>/.jobs.sqlite"
+    )
+    job_max_attempts: int = Field(1, ge=1, description="runs of a job whose worker died before it is `interrupted`")
+    device: Literal["cpu", "cuda", "auto"] = Field("auto", description="auto: CUDA when torch sees a GPU")
+    torch_threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads per process")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    @property
+    def job_store(self) -> str:
+        return self.job_store_url or f"sqlite:///{(self.model_repository / '.jobs.sqlite').resolve()}"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class Settings(CommonSettings):
+    """The API server's settings."""
+
+    model_config = SettingsConfigDict(env_prefix="PIXELSERVE_", frozen=True, extra="forbid")
+
     models: Annotated[list[str] | None, NoDecode] = Field(
         None, description="models to serve (JSON list or comma-separated); default: every model in the repository"
     )
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    # Defaults of the common fields that differ for serving: the CPU unless asked (batching and the
+    # thread counts were tuned there), and one torch thread per process (processes scale past the GIL).
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="auto: CUDA when torch sees a GPU")
     torch_threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per process")
     inference_threads: int = Field(
         1, ge=1, le=64, description="batching threads that decode, preprocess and run the model (off the event loop)"
@@ -73,15 +102,10 @@ class Settings(BaseSettings):
         64 * 1024, ge=1024, description="largest request line + headers (app.http_protocol answers 431 past it)"
     )
     max_header_count: int = Field(100, ge=8, le=10_000, description="most header fields in one request (431 past it)")
-    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     reload_interval_s: float = Field(2.0, ge=0, description="how often to look for a new current version; 0: never")
     admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes; unset: they refuse")
-    job_store_url: str | None = Field(
-        None, description="SQLAlchemy URL of the job store; default: SQLite file <model_repository>/.jobs.sqlite"
-    )
     drain_s: float = Field(0.0, ge=0, le=600, description="after SIGTERM: seconds not-ready but serving")
     shutdown_grace_s: float = Field(30.0, gt=0, description="then: longest wait for in-flight requests")
-    job_max_attempts: int = Field(1, ge=1, description="runs of a job whose worker died before it is `interrupted`")
 
     def batch_policy(self, model: str) -> BatchPolicy:
         override = self.batching.get(model)
@@ -91,10 +115,6 @@ class Settings(BaseSettings):
             if override is None or override.max_delay_ms is None
             else override.max_delay_ms,
         )
-
-    @property
-    def job_store(self) -> str:
-        return self.job_store_url or f"sqlite:///{(self.model_repository / '.jobs.sqlite').resolve()}"
 
     @field_validator("models", mode="before")
     @classmethod
@@ -122,8 +142,3 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _lower(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value

@@ -19,7 +19,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.artifacts import TORCHSCRIPT, artifact_file, has_artifact
+from app.core.artifacts import TORCHSCRIPT, artifact_file, has_artifact
+from app.core.durable import fsync_dir
 
 CURRENT_FILE = "CURRENT"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"  # the one rule for model names: API bodies use it too
@@ -48,11 +49,15 @@ class ModelRepository:
     def has_model_folder(self, name: str) -> bool:
         return is_model_name(name) and (self.root / name).is_dir()
 
-    def versions(self, name: str) -> list[str]:
+    def taken_versions(self, name: str) -> list[int]:
+        """Every version number in use, servable or not: a writer takes the next one, never a used one."""
         if not self.has_model_folder(name):
             return []
-        found = [p.name for p in (self.root / name).iterdir() if is_version(p.name) and has_artifact(p)]
-        return sorted(found, key=int)
+        return sorted(int(p.name) for p in (self.root / name).iterdir() if is_version(p.name) and p.is_dir())
+
+    def versions(self, name: str) -> list[str]:
+        """The versions that can be served (their folder holds an artifact), oldest first."""
+        return [str(v) for v in self.taken_versions(name) if has_artifact(self.root / name / str(v))]
 
     def read_pointer(self, name: str) -> tuple[str | None, bool]:
         """(version named by CURRENT, pinned), or (None, False) without a readable pointer."""
@@ -80,11 +85,7 @@ class ModelRepository:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, folder / CURRENT_FILE)
-        directory = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_dir(folder)
 
     def artifact_path(self, name: str, version: str) -> Path:
         if not is_model_name(name) or not is_version(version):

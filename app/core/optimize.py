@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from app.artifacts import LoadedModel, jit_deprecation_silenced
+from app.core.artifacts import LoadedModel, jit_deprecation_silenced
 
 logger = logging.getLogger("pixelserve.optimize")
 

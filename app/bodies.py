@@ -1,0 +1,124 @@
+"""Request and response bodies of the HTTP API (pydantic): models, predictions, training jobs, versions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+
+from app.core.catalogue import Architecture, DatasetName, JobStatus, TrainingParameters, json_number
+from app.core.repository import MODEL_NAME
+
+
+class VersionInfo(BaseModel):
+    version: str
+    architecture: str | None = None
+    dataset: str | None = None
+    test_accuracy: float | None = None
+    created_at: str | None = None
+    weights_sha256: str | None = None
+    error: str | None = Field(None, description="why this version's metadata could not be read")
+
+
+class ModelSummary(BaseModel):
+    name: str
+    served_version: str | None = Field(description="the version answering predictions; null if none loaded")
+    versions: list[str]
+    labels: list[str]
+    architecture: str | None
+    dataset: str | None
+    preprocessing: str | None
+    test_accuracy: float | None
+    created_at: str | None
+    error: str | None = Field(None, description="why the model is not served, if it is not")
+
+
+class BatchingInfo(BaseModel):
+    max_batch_size: int
+    max_delay_ms: float
+    requests: int = Field(description="predict requests of this process since start-up, all versions")
+    images: int
+    forward_passes: int
+    failed_requests: int = Field(description="requests whose images failed preprocessing")
+    mean_batch_size: float | None = Field(description="images per forward pass")
+    batch_sizes: dict[str, int] = Field(description="images per forward pass -> how many passes had that many")
+
+
+class ModelDetail(ModelSummary):
+    batching: BatchingInfo = Field(description="this process's batching policy and counters")
+    version_details: list[VersionInfo]
+    metadata: dict[str, Any] = Field(description="full metadata embedded in the served artifact")
+
+
+class TopK(BaseModel):
+    label: str
+    probability: float
+
+
+class PredictionBody(BaseModel):
+    model: str
+    version: str = Field(description="the model version that computed this answer")
+    label: str
+    index: int
+    confidence: float
+    probabilities: dict[str, float] = Field(description="every class, in class order, summing to 1")
+    top_k: list[TopK] | None = None
+
+
+# -- training jobs and versions (admin) -------------------------------------------------------------
+
+
+class TrainRequest(TrainingParameters):
+    """What to train (model, architecture, dataset), how (the shared training parameters), the floor."""
+
+    model: str = Field(pattern=MODEL_NAME, description="served model name to publish into")
+    architecture: Architecture
+    dataset: DatasetName
+    min_accuracy: Annotated[float, Field(ge=0, le=1), BeforeValidator(json_number)] | None = Field(
+        None, description="publication floor; may raise PIXELSERVE_MIN_PUBLISH_ACCURACY, never lower it"
+    )
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200, description="or an Idempotency-Key header")
+
+
+class Progress(BaseModel):
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+
+
+class JobView(BaseModel):
+    id: int
+    model: str
+    status: JobStatus
+    request: dict[str, Any]
+    progress: Progress | None
+    metrics: list[dict[str, Any]] = Field(description="per epoch: epoch, train_loss, test_accuracy, seconds")
+    version: str | None = Field(description="the version this job published")
+    error: str | None
+    attempts: int
+    cancel_requested: bool
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+def _when(seconds: float | None) -> dt.datetime | None:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC) if seconds is not None else None
+
+
+def job_view(job: dict[str, Any]) -> JobView:
+    times = {key: _when(job[key]) for key in ("created_at", "started_at", "finished_at")}
+    return JobView(**{key: job[key] for key in JobView.model_fields if key not in times}, **times)
+
+
+class Activation(BaseModel):
+    model: str
+    version: str
+    pinned: bool = Field(description="a pinned version stays current when jobs publish newer ones")
+
+
+class ActivateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pin: StrictBool = True

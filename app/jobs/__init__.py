@@ -1,1 +1,0 @@
-"""Training jobs: the shared job store (SQLite or PostgreSQL) and the publication protocol."""
