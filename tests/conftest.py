@@ -2,55 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import os
-import tempfile
 import uuid
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from app.core.settings import Settings
 from app.main import create_app
-from training.config import TrainConfig
-from training.data import DATASETS, LoadedDataset, load_dataset
-from training.datasets import resolve_dataset
+from tests.helpers import POSTGRES_URL, tiny_config
+from training.data import LoadedDataset, load_dataset
 from training.export import export_model
 from training.loop import train
-
-ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_MODELS = ROOT / "models"
-
-
-def dataset_dir(name: str) -> Path:
-    """The folder of a set's IDX files: PIXELSERVE_DATA_DIR, ../shared/datasets, the user cache, else downloaded."""
-    return resolve_dataset(name)
-
-
-@cache
-def _data_root() -> Path:
-    """One folder holding mnist/ and fashion-mnist/, for the scripts that take a root."""
-    folders = {name: dataset_dir(name) for name in DATASETS}
-    parents = {folder.parent for folder in folders.values()}
-    if len(parents) == 1:
-        return parents.pop()
-    root = Path(tempfile.mkdtemp(prefix="pixelserve-datasets-"))  # the sets came from different places
-    for name, folder in folders.items():
-        (root / name).symlink_to(folder, target_is_directory=True)
-    return root
-
-
-def __getattr__(name: str) -> Path:
-    # DATA_ROOT is resolved on first import by a test module, not when pytest loads this conftest:
-    # a run that needs no dataset never downloads one.
-    if name == "DATA_ROOT":
-        return _data_root()
-    raise AttributeError(name)
 
 
 @pytest.fixture(scope="session")
@@ -61,13 +26,6 @@ def mnist() -> LoadedDataset:
 @pytest.fixture(scope="session")
 def fashion() -> LoadedDataset:
     return load_dataset("fashion-mnist")
-
-
-def tiny_config(model: str, architecture: str, dataset: str, samples: int = 2048) -> TrainConfig:
-    return TrainConfig(
-        model_name=model, architecture=architecture, dataset=dataset, epochs=1, batch_size=64,
-        max_samples=samples, seed=0, device="cpu",
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -87,16 +45,6 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory, mnist: LoadedDatas
 def client(tiny_repository: Path) -> Iterator[TestClient]:
     with TestClient(create_app(Settings(model_repository=tiny_repository))) as test_client:
         yield test_client
-
-
-def encode(pixels: np.ndarray | Image.Image, fmt: str = "PNG", **options: object) -> bytes:
-    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-POSTGRES_URL = os.environ.get("PIXELSERVE_TEST_POSTGRES_URL")  # e.g. postgresql+psycopg://u:p@127.0.0.1/db
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

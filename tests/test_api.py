@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from app.core.settings import Settings
 from app.main import create_app
-from tests.conftest import encode
+from tests.helpers import encode
 from tests.images import draw_digit
 from training.data import FASHION_LABELS, LoadedDataset
 

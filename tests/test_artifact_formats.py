@@ -24,7 +24,7 @@ from app.core.artifacts import (
 from app.core.settings import Settings
 from app.main import create_app
 from benchmarks.artifact_formats import main as benchmark_main
-from tests.conftest import SHIPPED_MODELS, encode
+from tests.helpers import SHIPPED_MODELS, encode
 from tests.images import draw_digit
 from training.convert import ConversionError, rebuild
 from training.convert import main as convert_main

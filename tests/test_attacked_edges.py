@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from app.core.artifacts import METADATA_FILE, read_metadata
 from app.core.settings import Settings
 from app.main import create_app
-from tests.conftest import encode
+from tests.helpers import encode
 from tests.images import draw_digit
 from tests.processes import free_port, start_replica, stop, wait_ready
 

@@ -26,7 +26,7 @@ from app.core.inference import run_model
 from app.core.repository import ModelRepository
 from app.core.settings import BatchPolicy, Settings
 from app.main import create_app
-from tests.conftest import encode
+from tests.helpers import encode
 from tests.processes import free_port, start_replica, stop, wait_ready
 from training.data import LoadedDataset
 

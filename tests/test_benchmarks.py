@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from benchmarks.loadgen import mnist_test_pngs
-from tests.conftest import DATA_ROOT
+from tests.helpers import DATA_ROOT
 from tests.processes import ROOT
 
 

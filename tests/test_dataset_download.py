@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from app.core.artifacts import read_metadata
-from tests.conftest import dataset_dir
+from tests.helpers import dataset_dir
 from tests.processes import free_port, stop
 from training import datasets
 from training.cli import main as train_main

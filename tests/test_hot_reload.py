@@ -15,7 +15,7 @@ from app.core.artifacts import METADATA_FILE, read_metadata
 from app.core.repository import ModelRepository
 from app.core.settings import Settings
 from app.main import create_app
-from tests.conftest import encode
+from tests.helpers import encode
 from tests.images import draw_digit
 
 IMAGE = {"content": encode(draw_digit(1)), "headers": {"Content-Type": "image/png"}}

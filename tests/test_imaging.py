@@ -11,7 +11,7 @@ from PIL import Image
 from app.core.errors import ImageTooLarge, InvalidImage, UnsupportedImage
 from app.core.inference import preprocess
 from app.core.preprocessing import apply_recipe
-from tests.conftest import encode
+from tests.helpers import encode
 from tests.images import draw_digit
 from training.data import LoadedDataset
 

@@ -13,7 +13,7 @@ import pytest
 from app.core.catalogue import JobStatus
 from app.core.job_store import JobStore
 from app.core.repository import ModelRepository
-from tests.conftest import DATA_ROOT, tiny_config
+from tests.helpers import DATA_ROOT, tiny_config
 from training.data import LoadedDataset
 from training.loop import train
 from training.publish import JobStopped, publish

@@ -15,7 +15,7 @@ from app.core.catalogue import Architecture, DatasetName
 from app.core.repository import ModelRepository
 from app.core.settings import Settings
 from app.main import create_app
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 from training.data import DATASETS, LoadedDataset
 from training.export import export_model
 from training.loop import train

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from app.core.repository import ModelRepository
-from tests.conftest import DATA_ROOT, encode
+from tests.helpers import DATA_ROOT, encode
 from tests.images import draw_digit
 from tests.processes import replicas, spawn, stop, wait_for
 

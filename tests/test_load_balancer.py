@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import DATA_ROOT, encode
+from tests.helpers import DATA_ROOT, encode
 from tests.images import draw_digit
 from tests.processes import ROOT, free_port, spawn, start_replica, stop, wait_for, wait_ready
 

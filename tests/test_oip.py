@@ -26,7 +26,7 @@ from tritonclient.utils import InferenceServerException
 from app.core.inference import preprocess
 from app.core.settings import Settings
 from app.main import create_app
-from tests.conftest import encode
+from tests.helpers import encode
 from tests.processes import replicas
 from training.data import FASHION_LABELS, MNIST_LABELS, LoadedDataset
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import encode
+from tests.helpers import encode
 from tests.images import draw_digit
 from tests.processes import free_port, replicas, spawn, start_replica, stop, wait_ready
 

@@ -11,7 +11,7 @@ from PIL import ImageFilter
 
 from app.core.settings import Settings
 from app.main import create_app
-from tests.conftest import SHIPPED_MODELS, encode
+from tests.helpers import SHIPPED_MODELS, encode
 from tests.images import dataset_image_on_paper, draw_digit
 from training.data import LoadedDataset
 

@@ -13,7 +13,7 @@ import torch
 
 from app.core.artifacts import load_model, read_metadata
 from app.core.repository import ModelRepository
-from tests.conftest import dataset_dir, tiny_config
+from tests.helpers import dataset_dir, tiny_config
 from training.augment import POLICIES, augment_batch
 from training.cli import main as train_main
 from training.data import FASHION_LABELS, LoadedDataset, get_dataset_spec, load_idx_folder, parse_idx

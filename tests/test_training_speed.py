@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import DATA_ROOT
+from tests.helpers import DATA_ROOT
 from tests.processes import ROOT
 
 

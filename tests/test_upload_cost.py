@@ -22,7 +22,7 @@ from app.core.imaging import WORKING_SIDE, decoded_size
 from app.core.inference import preprocess
 from app.core.settings import Settings
 from app.main import create_app
-from tests.conftest import encode
+from tests.helpers import encode
 from tests.images import draw_digit
 
 SIDE = 4096  # the largest square the default per-image limit accepts
