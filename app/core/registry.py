@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from app.core.artifacts import ArtifactError, LoadedModel, load_model
-from app.core.errors import ModelNotFound
+from app.core.errors import ModelNotFound, NotReady
 from app.core.optimize import optimized
 from app.core.repository import ModelRepository
 
@@ -114,8 +114,11 @@ class ModelRegistry:
         return "; ".join(f"{n}: {self.errors.get(n, 'loading')}" for n in missing) or "no models configured"
 
     def get(self, name: str) -> LoadedModel:
-        try:
-            return self.models[name]
-        except KeyError:
-            served = ", ".join(sorted(self.models)) or "none"
-            raise ModelNotFound(f"no model named {name!r}; served models: {served}") from None
+        """The served model; 503 for one that is configured but not loaded (with why), 404 for any other name."""
+        model = self.models.get(name)
+        if model is not None:
+            return model
+        if name in self.expected_names():
+            raise NotReady(f"model {name!r} is not ready: {self.errors.get(name, 'loading')}")
+        served = ", ".join(sorted(self.models)) or "none"
+        raise ModelNotFound(f"no model named {name!r:.80}; served models: {served}")

@@ -7,7 +7,6 @@ tritonclient reads them. BYTES elements are a 4-byte little-endian length, then 
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 from fastapi.responses import Response
 
 from app.core.artifacts import LoadedModel
+from app.oip.bodies import InferenceResponse
 from app.oip.codec import HEADER_LENGTH, InferRequest, RequestedOutput
 from app.oip.metadata import PROBABILITIES
 
@@ -37,7 +37,8 @@ def build_response(model: LoadedModel, request: InferRequest, rows: list[list[fl
     if request.id is not None:
         body["id"] = request.id
     body["outputs"] = outputs
-    header = json.dumps(body, separators=(",", ":")).encode()
+    # Built through the published response model: what leaves is what the OpenAPI document says.
+    header = InferenceResponse.model_validate(body).model_dump_json(exclude_none=True).encode()
     if not chunks:
         return Response(header, media_type="application/json")
     return Response(

@@ -6,7 +6,8 @@ from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
+from pydantic import TypeAdapter
 
 from app.bodies import PredictionBody
 from app.core.errors import (
@@ -16,6 +17,7 @@ from app.core.errors import (
     MalformedUpload,
     MissingUpload,
     ModelNotFound,
+    NotReady,
     PixelserveError,
     TooManyImages,
     UnsupportedImage,
@@ -52,6 +54,7 @@ _REQUEST_BODY: dict[str, Any] = {
 }
 
 
+_PREDICTION_LIST = TypeAdapter(list[PredictionBody])
 MAX_OTHER_FIELDS = 8  # form fields other than `file`, ignored but bounded
 
 
@@ -92,6 +95,7 @@ def _place(count: int, position: int) -> str:
     openapi_extra={"requestBody": _REQUEST_BODY},
     responses=responses(
         ModelNotFound,
+        NotReady,
         BodyTooLarge,
         ImageTooLarge,
         TooManyImages,
@@ -108,7 +112,7 @@ async def predict(
     settings: SettingsDep,
     batcher: BatcherDep,
     top_k: Annotated[int | None, Query(ge=1, le=1000, description="also list the k likeliest classes")] = None,
-) -> JSONResponse:
+) -> Response:
     """Classify images: multipart `file` fields, or one raw body with an image/* content type.
 
     One image answers one object; several `file` parts (at most PIXELSERVE_MAX_IMAGES_PER_REQUEST)
@@ -129,5 +133,11 @@ async def predict(
         prepare = partial(prepare_uploads, opened, model.recipe, settings.max_image_pixels)
         answer = batcher.submit(model, prepare, len(images), heavy=is_heavy(pixels, len(images), settings))
     rows = await answer
-    predictions = [Prediction(model.name, model.version, model.labels, row).to_json(top_k) for row in rows]
-    return JSONResponse(predictions[0] if len(images) == 1 else predictions)
+    # Built through PredictionBody: what leaves is what the OpenAPI document says.
+    bodies = [
+        PredictionBody.model_validate(Prediction(model.name, model.version, model.labels, row).to_json(top_k))
+        for row in rows
+    ]
+    if len(images) == 1:
+        return Response(bodies[0].model_dump_json(exclude_none=True), media_type="application/json")
+    return Response(_PREDICTION_LIST.dump_json(bodies, exclude_none=True), media_type="application/json")

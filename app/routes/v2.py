@@ -22,6 +22,7 @@ from app.core.errors import (
     InvalidImage,
     InvalidInferenceRequest,
     ModelNotFound,
+    NotReady,
     PixelserveError,
     ProbeNotReady,
     TooManyImages,
@@ -70,6 +71,7 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     **responses(
         InvalidInferenceRequest,
         ModelNotFound,
+        NotReady,
         VersionNotFound,
         BodyTooLarge,
         TooManyImages,
@@ -119,7 +121,7 @@ async def server_ready(registry: RegistryDep, drainer: DrainerDep) -> ServerRead
     return ServerReady(ready=True)
 
 
-@router.get("/models/{name}", response_model=ModelMetadata, responses=responses(ModelNotFound))
+@router.get("/models/{name}", response_model=ModelMetadata, responses=responses(ModelNotFound, NotReady))
 async def get_model_metadata(name: str, registry: RegistryDep, settings: SettingsDep) -> ModelMetadata:
     """The served version's inputs (FP32, UINT8 or BYTES images; see the input's parameters) and outputs."""
     return model_metadata(_served(registry, name, None), settings.max_images_per_request)
@@ -128,7 +130,7 @@ async def get_model_metadata(name: str, registry: RegistryDep, settings: Setting
 @router.get(
     "/models/{name}/versions/{version}",
     response_model=ModelMetadata,
-    responses=responses(ModelNotFound, VersionNotFound),
+    responses=responses(ModelNotFound, NotReady, VersionNotFound),
 )
 async def get_version_metadata(name: str, version: str, registry: RegistryDep, settings: SettingsDep) -> ModelMetadata:
     """As GET /v2/models/{name}, for the served version only."""
