@@ -55,8 +55,12 @@ class CatchAll:
         try:
             await self.app(scope, receive, send_with_id)
         except ClientDisconnect:
-            logger.info("%s %s: client disconnected before its request was read (request id %s)",
-                        scope["method"], scope["path"], request_id)  # fmt: skip
+            logger.info(
+                "%s %s: client disconnected before its request was read (request id %s)",
+                scope["method"],
+                scope["path"],
+                request_id,
+            )
         except Exception:
             logger.exception("%s %s failed (request id %s)", scope["method"], scope["path"], request_id)
             if not started:

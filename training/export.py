@@ -41,7 +41,8 @@ ARTIFACT_FILE = ARTIFACT_FILES[TORCHSCRIPT]
 EXPORTED_FILE = ARTIFACT_FILES[TORCH_EXPORT]
 METADATA_FILE = "metadata.json"
 # The metadata contract's name, kept from before model.pt2 existed; `formats` lists the files.
-FORMAT = "pixelserve.torchscript/1"
+# The metadata layout, shared by model.pt and model.pt2 (the file formats are listed under "formats").
+FORMAT = "pixelserve.model/1"
 FORMATS = [TORCHSCRIPT, TORCH_EXPORT]
 # The JIT tracer keeps global state (type mangling): two traces at once in one process can fail
 # its sanity check with "Graphs differed across invocations". torch.export patches

@@ -128,11 +128,22 @@ class JobRun:
             floor = max(self.settings.min_publish_accuracy, self.job["request"].get("min_accuracy") or 0.0)
             # publish() marks the job succeeded in the transaction that publishes it.
             version, current = publish(
-                self.settings.model_repository, self.store, config, data, result, floor,
-                job=(job_id, worker_id), stop_reason=self.stop_reason,
-            )  # fmt: skip
-            logger.info("job %s published %s version %s%s", job_id, config.model_name, version,
-                        "" if current else " (not current: a version is pinned or newer)")  # fmt: skip
+                self.settings.model_repository,
+                self.store,
+                config,
+                data,
+                result,
+                floor,
+                job=(job_id, worker_id),
+                stop_reason=self.stop_reason,
+            )
+            logger.info(
+                "job %s published %s version %s%s",
+                job_id,
+                config.model_name,
+                version,
+                "" if current else " (not current: a version is pinned or newer)",
+            )
         except (TrainingCancelled, JobStopped) as exc:
             if self.lost.is_set() or (isinstance(exc, JobStopped) and not exc.cancelled):
                 logger.warning("job %s: lost (lease expired or reaped), stopped without publishing", job_id)

@@ -263,5 +263,12 @@ class Batcher:
             self.counters.setdefault(model.name, BatchCounters()).record(len(batch), images, len(batch) - len(ready))
         if logger.isEnabledFor(logging.DEBUG):
             waited_ms = (time.monotonic() - batch[0].enqueued) * 1000
-            logger.debug("batch model=%s version=%s requests=%d images=%d failed=%d oldest_ms=%.2f",
-                         model.name, model.version, len(batch), images, len(batch) - len(ready), waited_ms)  # fmt: skip
+            logger.debug(
+                "batch model=%s version=%s requests=%d images=%d failed=%d oldest_ms=%.2f",
+                model.name,
+                model.version,
+                len(batch),
+                images,
+                len(batch) - len(ready),
+                waited_ms,
+            )

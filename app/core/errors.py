@@ -34,7 +34,7 @@ class InvalidImage(PixelserveError):
 
 
 class MalformedUpload(PixelserveError):
-    """A multipart body that cannot be parsed, or with more than one file."""
+    """A body that cannot be parsed: malformed multipart or JSON, or too many form fields."""
 
     status_code = 400
     code = "malformed_request"

@@ -72,9 +72,15 @@ class JobStore:
         try:
             with self.engine.begin() as conn:
                 values: dict[str, Any] = {
-                    "idempotency_key": idempotency_key, "model": model, "request": request, "status": JobStatus.QUEUED,
-                    "attempts": 0, "cancel_requested": False, "metrics": [], "created_at": self.now(conn),
-                }  # fmt: skip
+                    "idempotency_key": idempotency_key,
+                    "model": model,
+                    "request": request,
+                    "status": JobStatus.QUEUED,
+                    "attempts": 0,
+                    "cancel_requested": False,
+                    "metrics": [],
+                    "created_at": self.now(conn),
+                }
                 job_id = conn.execute(insert(jobs).values(**values).returning(jobs.c.id)).scalar_one()
         except IntegrityError:  # the same key raced in from another request
             existing = self._by_key(idempotency_key or "")
@@ -231,8 +237,12 @@ class JobStore:
                 if attempts < max_attempts and not cancel_requested:
                     values = {"status": JobStatus.QUEUED, "worker_id": None, "lease_expires_at": None}
                 else:
-                    values = {"status": JobStatus.INTERRUPTED, "finished_at": now, "lease_expires_at": None,
-                              "error": f"worker lost (no heartbeat) after {attempts} attempt(s)"}  # fmt: skip
+                    values = {
+                        "status": JobStatus.INTERRUPTED,
+                        "finished_at": now,
+                        "lease_expires_at": None,
+                        "error": f"worker lost (no heartbeat) after {attempts} attempt(s)",
+                    }
                 conn.execute(
                     update(jobs).where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING).values(**values)
                 )

@@ -31,7 +31,9 @@ class BatchOverride(BaseModel):
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PIXELSERVE_", frozen=True, extra="ignore")
 
-    model_repository: Path = Field(Path("models"), description="folder holding <name>/<version>/model.pt")
+    model_repository: Path = Field(
+        Path("models"), description="folder holding <name>/<version>/model.pt (and/or model.pt2)"
+    )
     job_store_url: str | None = Field(
         None, description="SQLAlchemy URL of the job store; default: SQLite file <model_repository>/.jobs.sqlite"
     )
