@@ -18,7 +18,7 @@ install: $(VENV)/.installed
 
 serve: install
 	PIXELSERVE_MODEL_REPOSITORY=$${PIXELSERVE_MODEL_REPOSITORY:-models} \
-		$(VENV)/bin/uvicorn --factory app.main:create_app --http app.http_protocol:HeaderLimitedProtocol \
+		$(VENV)/bin/uvicorn --factory app.main:create_app --http app.http_protocol:HeaderLimitedProtocol --no-access-log \
 		--host $(HOST) --port $(PORT)
 
 lint: install

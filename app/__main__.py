@@ -28,6 +28,7 @@ def main() -> None:
         workers=settings.workers,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         log_level=settings.log_level,
+        access_log=not settings.access_log,  # ours (app/catch_all.py) replaces uvicorn's: one line per request
     )
 
 

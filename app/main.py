@@ -19,6 +19,7 @@ from app.core.batching import Batcher
 from app.core.devices import resolve_device
 from app.core.drain import Drainer
 from app.core.job_store import JobStore
+from app.core.logs import configure_logging
 from app.core.registry import ModelRegistry
 from app.core.repository import ModelRepository
 from app.core.settings import Settings
@@ -47,7 +48,7 @@ async def _watch(registry: ModelRegistry, interval: float) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,5 +102,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     admin_routes = [route for router in ADMIN_ROUTERS for route in router.routes]
     app.add_middleware(AdminGate, settings=settings, admin_routes=admin_routes)
-    app.add_middleware(CatchAll)  # added last: the outermost, around everything above
+    app.add_middleware(CatchAll, access_log=settings.access_log)  # added last: the outermost, around everything above
     return app

@@ -34,7 +34,17 @@ def spawn(args: list[str], env: dict[str, str], log: Path | None = None) -> subp
 
 def start_replica(env: dict[str, str], port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
     # The protocol every way of running the service uses: httptools with a bound on request headers.
-    command = ["-m", "uvicorn", "--factory", "app.main:create_app", "--http", UVICORN_HTTP, "--port", str(port)]
+    command = [
+        "-m",
+        "uvicorn",
+        "--factory",
+        "app.main:create_app",
+        "--http",
+        UVICORN_HTTP,
+        "--no-access-log",
+        "--port",
+        str(port),
+    ]
     return spawn(command, env, log)
 
 

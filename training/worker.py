@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import Field
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.core import logs
 from app.core.catalogue import JobStatus
 from app.core.job_store import STOP_CANCELLED, STOP_LOST, Job, JobStore
 from app.core.settings import CommonSettings
@@ -63,6 +64,7 @@ class JobRun:
         self._polled_at = float("-inf")
 
     def _beat(self) -> None:
+        logs.job_id.set(self.job["id"])  # a thread starts with a context of its own
         while not self._done.wait(self.settings.lease_s / 3):
             if not self.store.heartbeat(self.job["id"], self.settings.worker_id, self.settings.lease_s, self.progress):
                 self.lost.set()
@@ -119,6 +121,14 @@ class JobRun:
         return load_dataset(self.config.dataset, data_root=self.settings.data_dir)
 
     def run(self) -> None:
+        """Train, publish and record the outcome; every line logged meanwhile carries the job id."""
+        token = logs.job_id.set(self.job["id"])
+        try:
+            self._run()
+        finally:
+            logs.job_id.reset(token)
+
+    def _run(self) -> None:
         job_id, worker_id = self.job["id"], self.settings.worker_id
         beat = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
         beat.start()
@@ -189,7 +199,7 @@ def run_worker(settings: WorkerSettings, stop: threading.Event, once: bool = Fal
 
 def main() -> None:
     settings = WorkerSettings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure_logging(settings.log_level, settings.log_format)
     stop = threading.Event()
     # SIGTERM: finish the current job, then exit (a container stop waits for its grace period).
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

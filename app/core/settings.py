@@ -14,11 +14,21 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.core.logs import LogFormat
+
 
 @dataclass(frozen=True)
 class BatchPolicy:
     max_batch_size: int
     max_delay_ms: float
+
+
+@dataclass(frozen=True)
+class OverloadPolicy:
+    """When the batcher sheds a request (503) instead of queueing it: see app/core/batching.py."""
+
+    max_queued_images: int
+    max_queue_delay_s: float
 
 
 class BatchOverride(BaseModel):
@@ -41,6 +51,7 @@ class CommonSettings(BaseSettings):
     device: Literal["cpu", "cuda", "auto"] = Field("auto", description="auto: CUDA when torch sees a GPU")
     torch_threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads per process")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: LogFormat = Field("text", description="text lines, or one JSON object per line")
 
     @property
     def job_store(self) -> str:
@@ -79,6 +90,19 @@ class Settings(CommonSettings):
         default_factory=dict,
         description='per-model overrides, JSON: {"fashion": {"max_batch_size": 32, "max_delay_ms": 1}}',
     )
+    max_queued_images: int = Field(
+        256,
+        ge=1,
+        description="most images queued (received, not yet run) per process; past it requests get 503 at once",
+    )
+    max_queue_delay_ms: float = Field(
+        100.0,
+        gt=0,
+        description="shed (503) while the oldest queued request, or the queue's measured cost, is past this wait",
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="work still queued this long after its request arrived is dropped and answered 504"
+    )
     max_images_per_request: int = Field(64, ge=1, le=4096, description="most `file` parts in one predict request")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes of `python -m app`")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest accepted request body")
@@ -105,6 +129,13 @@ class Settings(CommonSettings):
     )
     max_header_count: int = Field(100, ge=8, le=10_000, description="most header fields in one request (431 past it)")
     reload_interval_s: float = Field(2.0, ge=0, description="how often to look for a new current version; 0: never")
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="serve Prometheus /metrics on this port (all workers merged) instead of the main port",
+    )
+    access_log: bool = Field(True, description="one structured line per request (uvicorn's own access log is off)")
     admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes; unset: they refuse")
     drain_s: float = Field(0.0, ge=0, le=600, description="after SIGTERM: seconds not-ready but serving")
     shutdown_grace_s: float = Field(30.0, gt=0, description="then: longest wait for in-flight requests")
@@ -117,6 +148,10 @@ class Settings(CommonSettings):
             if override is None or override.max_delay_ms is None
             else override.max_delay_ms,
         )
+
+    @property
+    def overload(self) -> OverloadPolicy:
+        return OverloadPolicy(self.max_queued_images, self.max_queue_delay_ms / 1000)
 
     @field_validator("models", mode="before")
     @classmethod

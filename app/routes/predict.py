@@ -130,8 +130,13 @@ async def predict(
         except PixelserveError:
             batcher.refused(model)
             raise
+    request.state.model, request.state.version = model.name, model.version  # for the access line
         prepare = partial(prepare_uploads, opened, model.recipe, settings.max_image_pixels)
         answer = batcher.submit(model, prepare, len(images), heavy=is_heavy(pixels, len(images), settings))
+        request.state.images = len(images)
+        # After the body, not before: refusing unread makes the server close the connection, and
+        # reconnecting costs clients and the server more than reading the body did.
+        batcher.admit(len(images), settings.overload)
     rows = await answer
     # Built through PredictionBody: what leaves is what the OpenAPI document says.
     bodies = [

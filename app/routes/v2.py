@@ -160,6 +160,8 @@ async def _infer(model: LoadedModel, request: Request, settings: Settings, batch
             body,
             request.headers.get(HEADER_LENGTH),
             request.headers.get("content-encoding"),
+    started = time.monotonic()
+    request.state.model, request.state.version = model.name, model.version  # for the access line
             settings.max_body_bytes,
             settings.max_images_per_request,
         )
@@ -170,6 +172,9 @@ async def _infer(model: LoadedModel, request: Request, settings: Settings, batch
         try:
             prepare, heavy = planned() if inline else await run_in_threadpool(planned)
         except PixelserveError:
+        request.state.images = tensor.images
+        # After the body, not before: refusing unread closes the connection (see routes/predict.py).
+        batcher.admit(tensor.images, settings.overload)
             batcher.refused(model)
             raise
         answer = batcher.submit(model, prepare, tensor.images, heavy=heavy)
