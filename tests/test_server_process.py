@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from tests.helpers import encode
 from tests.images import draw_digit
-from tests.processes import free_port, replicas, spawn, start_replica, stop, wait_ready
+from tests.processes import free_port, replicas, spawn, start_replica, stop, wait_for, wait_ready
 
 
 @pytest.fixture()
@@ -47,15 +48,33 @@ def test_bad_setting_stops_start_up_with_a_clear_message(tmp_path: Path) -> None
     assert b"model_repository" in output and b"is not a directory" in output
 
 
+def spawned_workers(supervisor: int) -> set[int]:
+    """The supervisor's children that are uvicorn workers, not multiprocessing's resource tracker.
+
+    uvicorn starts each worker with multiprocessing's "spawn" context: a fresh interpreter running
+    `spawn_main`; the tracker, also a child, runs `multiprocessing.resource_tracker`.
+    """
+    children = [
+        int(pid)
+        for task in Path(f"/proc/{supervisor}/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    ]
+    return {pid for pid in children if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()}
+
+
 def test_python_m_app_with_two_worker_processes(tiny_repository: Path, tmp_path: Path) -> None:
     port = free_port()
     env = {"PIXELSERVE_MODEL_REPOSITORY": str(tiny_repository), "PIXELSERVE_WORKERS": "2"}
-    process = spawn(["-m", "app", "--port", str(port)], env, tmp_path / "server.log")
+    log = tmp_path / "server.log"
+    process = spawn(["-m", "app", "--port", str(port)], env, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, process)
-        workers = [child for child in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
-        assert len(workers) >= 2  # the two workers (and possibly uvicorn's helper process)
+        wait_ready(url, process)  # one worker is up: wait for the other's application start-up too
+        wait_for(lambda: log.read_text().count("Application startup complete.") == 2, 60)
+        workers = spawned_workers(process.pid)
+        assert len(workers) == 2, workers
+        started = {int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", log.read_text())}
+        assert started == workers  # each worker ran the app's start-up and serves on the shared socket
         image = encode(draw_digit(5))
         with httpx.Client(base_url=url) as client:
             answers = [
