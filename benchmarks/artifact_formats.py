@@ -19,13 +19,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 from app.core.artifacts import ARTIFACT_FILES, TORCH_EXPORT, TORCHSCRIPT, load_model, read_metadata
 from app.core.optimize import optimized
+from benchmarks.output import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -173,17 +173,6 @@ def report(args: argparse.Namespace, paths: dict[str, Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(folder: Path, markdown: str) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    outputs = [folder / f"artifact-formats-{stamp}.md", folder / "artifact-formats-latest.md"]
-    for path in outputs:
-        staging = path.with_suffix(path.suffix + ".tmp")
-        staging.write_text(markdown)
-        staging.replace(path)
-    return outputs
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -193,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"missing {', '.join(missing)}: python -m training.convert {args.folder} writes model.pt2")
     markdown = report(args, paths)
     print(markdown, end="")
-    for path in write_results(args.results_dir, markdown):
-        print(f"wrote {path}")
+    write_results(args.results_dir, "artifact-formats", markdown)
     return 0
 
 

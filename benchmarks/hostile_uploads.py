@@ -24,11 +24,11 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from app.core.settings import Settings
 from benchmarks.loadgen import BOUNDARY, content_type, mnist_test_pngs, multipart_body
+from benchmarks.output import write_results
 from benchmarks.servers import HOST, ROOT, Variant, running
 from benchmarks.variants import UVICORN
 
@@ -178,21 +178,6 @@ def render(phases: list[Phase], environment: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(folder: Path, markdown: str, raw: dict[str, object]) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    outputs = {
-        folder / f"hostile-uploads-{stamp}.md": markdown,
-        folder / f"hostile-uploads-{stamp}.json": json.dumps(raw, indent=2) + "\n",
-        folder / "hostile-uploads-latest.md": markdown,
-    }
-    for path, text in outputs.items():  # atomically: a reader never sees half a file
-        staging = path.with_suffix(path.suffix + ".tmp")
-        staging.write_text(text)
-        staging.replace(path)
-    return list(outputs)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hostile_uploads", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per phase")
@@ -242,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print()
     print(markdown, end="")
-    for path in write_results(args.results_dir, markdown, raw):
-        print(f"wrote {path}")
+    write_results(args.results_dir, "hostile-uploads", markdown, raw)
     return 0
 
 

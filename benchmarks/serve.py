@@ -22,10 +22,8 @@ import sys
 import tempfile
 import urllib.request
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -42,6 +40,7 @@ from benchmarks.loadgen import (
     run_wrk,
     write_lua_script,
 )
+from benchmarks.output import write_results
 from benchmarks.servers import ROOT, Server, Variant, pss_bytes, rss_bytes, running
 from benchmarks.variants import QUICK_VARIANTS, VARIANTS
 
@@ -191,21 +190,6 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def write_results(folder: Path, markdown: str, raw: dict[str, Any]) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    outputs = {
-        folder / f"serve-{stamp}.md": markdown,
-        folder / f"serve-{stamp}.json": json.dumps(raw, indent=2) + "\n",
-        folder / "serve-latest.md": markdown,
-    }
-    for path, text in outputs.items():
-        staging = path.with_suffix(path.suffix + ".tmp")
-        staging.write_text(text)
-        staging.replace(path)
-    return list(outputs)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the servers
@@ -244,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print()
     print(markdown, end="")
-    for path in write_results(args.results_dir, markdown, raw):
-        print(f"wrote {path}")
+    write_results(args.results_dir, "serve", markdown, raw)
     return 1 if failed else 0
 
 

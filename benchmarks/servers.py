@@ -10,6 +10,7 @@ archive and config); `missing` says why a variant cannot run on this machine (th
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -131,19 +132,31 @@ def _log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _wait_ready(process: subprocess.Popen[bytes], url: str, log_path: Path, timeout_s: float) -> None:
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes], timeout_s: float = 60.0, log_path: Path | None = None,
+    interval_s: float = 0.1,
+) -> None:  # fmt: skip
+    """Poll `url` until it answers 200; any server (ready paths differ), the tests' replicas included.
+
+    RuntimeError when `process` exits first, TimeoutError (an OSError) after `timeout_s`, each with the
+    tail of `log_path` when given. urllib, not httpx: the benchmarks need only the service's dependencies.
+    """
+
+    def tail() -> str:
+        return f":\n{_log_tail(log_path)}" if log_path else ""
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before ready:\n{_log_tail(log_path)}")
+            raise RuntimeError(f"server exited with {process.returncode} before {url} was ready{tail()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"server not ready at {url} within {timeout_s:g} s:\n{_log_tail(log_path)}")
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
+            pass  # not listening yet, or not ready (a 503 raises HTTPError, a URLError)
+        time.sleep(interval_s)
+    raise TimeoutError(f"{url} not ready within {timeout_s:g} s{tail()}")
 
 
 def _stop(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
@@ -184,7 +197,7 @@ def running(
             argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            _wait_ready(process, base_url + variant.ready_path.format(**values), log_path, ready_timeout_s)
+            wait_ready(base_url + variant.ready_path.format(**values), process, ready_timeout_s, log_path)
             yield Server(variant, process, base_url, variant.predict_path.format(**values), log_path)
         finally:
             _stop(process)

@@ -18,20 +18,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.output import write_results
 from training.config import TrainConfig
 from training.data import LoadedDataset, load_dataset, take_first
 from training.loop import Normalize, evaluate, train
@@ -148,10 +147,10 @@ def measure(args: argparse.Namespace, device: torch.device, architecture: str, d
     variants: dict[str, Callable[[], float]] = {
         "ours+aug": lambda: time_ours(base, data, device),
         "bare": bare.epoch,
-        "ours-aug": lambda: time_ours(replace(base, augment=False), data, device),
+        "ours-aug": lambda: time_ours(base.model_copy(update={"augment": False}), data, device),
     }
     # Warm-up: oneDNN/cuDNN pick their kernels and the allocator grows once, outside the timings.
-    warm = replace(base, max_samples=4 * base.batch_size)
+    warm = base.model_copy(update={"max_samples": 4 * base.batch_size})
     time_ours(warm, data, device)
     BareLoop(warm, data, device).epoch()
     runs: dict[str, list[float]] = {name: [] for name in variants}
@@ -209,18 +208,6 @@ def render(rows: list[Row], env: dict[str, Any], notes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(folder: Path, markdown: str, raw: dict[str, Any]) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    outputs = {f"training-speed-{stamp}.md": markdown, "training-speed-latest.md": markdown,
-               f"training-speed-{stamp}.json": json.dumps(raw, indent=2) + "\n"}  # fmt: skip
-    for name, text in outputs.items():  # staged and renamed: a reader never sees half a file
-        staging = folder / f"{name}.tmp"
-        staging.write_text(text)
-        staging.replace(folder / name)
-    return [folder / name for name in outputs]
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_SAMPLES} images, one repeat: checks the script")
@@ -261,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     markdown = render(rows, env, notes)
     print(markdown)
     raw = {"environment": env, "notes": notes, "rows": [asdict(r) for r in rows]}
-    for path in write_results(args.results_dir, markdown, raw):
-        print(f"wrote {path}")
+    write_results(args.results_dir, "training-speed", markdown, raw)
     return 0
 
 

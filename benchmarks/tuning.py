@@ -18,11 +18,11 @@ import sys
 import tempfile
 import urllib.request
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from app.core.repository import ModelRepository
 from benchmarks.loadgen import mnist_test_pngs, require_wrk, run_wrk, write_lua_script
+from benchmarks.output import write_results
 from benchmarks.servers import ROOT, Variant, running
 from benchmarks.variants import UVICORN
 
@@ -110,11 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     markdown = "\n".join(lines) + "\n"
     print("\n" + markdown)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for path in (args.results_dir / f"tuning-{stamp}.md", args.results_dir / "tuning-latest.md"):
-        path.write_text(markdown)
-        print(f"wrote {path}")
+    write_results(args.results_dir, "tuning", markdown)
     return 0
 
 

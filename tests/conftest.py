@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,14 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory, mnist: LoadedDatas
     ):
         result = train(config, data, progress=False)
         export_model(root, config.model_name, config, data, result)
+    return root
+
+
+@pytest.fixture()
+def repository(tmp_path: Path, tiny_repository: Path) -> Path:
+    """A copy of `tiny_repository` a test may change (publish, delete, corrupt) without touching the others'."""
+    root = tmp_path / "models"
+    shutil.copytree(tiny_repository, root)
     return root
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.processes import ROOT
+from benchmarks.servers import ROOT
 from training.config import TrainConfig
 from training.data import DATASETS
 from training.datasets import resolve_dataset

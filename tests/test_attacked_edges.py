@@ -30,13 +30,6 @@ IMAGE = {"content": encode(draw_digit(1)), "headers": {"Content-Type": "image/pn
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit")
 
 
-@pytest.fixture()
-def repository(tmp_path: Path, tiny_repository: Path) -> Path:
-    root = tmp_path / "models"
-    shutil.copytree(tiny_repository, root)
-    return root
-
-
 def app_client(repository: Path, **settings: object) -> TestClient:
     base: dict[str, object] = {"model_repository": repository, "reload_interval_s": 0, "admin_token": TOKEN}
     base["job_store_url"] = f"sqlite:///{repository.parent / 'jobs.sqlite'}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,13 +18,6 @@ from tests.helpers import encode
 from tests.images import draw_digit
 
 IMAGE = {"content": encode(draw_digit(1)), "headers": {"Content-Type": "image/png"}}
-
-
-@pytest.fixture()
-def repository(tmp_path: Path, tiny_repository: Path) -> Path:
-    root = tmp_path / "models"
-    shutil.copytree(tiny_repository, root)
-    return root
 
 
 @pytest.fixture()

@@ -3,7 +3,6 @@ worker stops within a step, and a cancel that lands just before the pointer swap
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -21,13 +20,6 @@ from training.worker import JobRun, WorkerSettings
 
 QUICK = {"architecture": "mlp", "dataset": "mnist", "epochs": 1, "max_samples": 256, "batch_size": 64}
 LONG = {"architecture": "mnist_cnn", "dataset": "mnist", "epochs": 50, "max_samples": 60000, "batch_size": 64}
-
-
-@pytest.fixture()
-def repository(tmp_path: Path, tiny_repository: Path) -> Path:
-    root = tmp_path / "models"
-    shutil.copytree(tiny_repository, root)
-    return root
 
 
 def settings(repository: Path, store_url: str) -> WorkerSettings:
