@@ -3,11 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import uvicorn
 
+from app.core import metrics_export
+from app.core.job_store import JobStore
 from app.core.settings import Settings
 from app.http_protocol import UVICORN_HTTP
+
+
+def _prepare_metrics(settings: Settings, host: str) -> None:
+    """Before uvicorn starts (and forks) anything: the multiprocess folder, and the metrics port.
+
+    With several workers each writes its metrics to files in PROMETHEUS_MULTIPROC_DIR (inherited by
+    the workers, which read it when they first import prometheus_client): a given folder is emptied
+    of an earlier run's files, else a private one is made and removed at exit. One worker keeps the
+    plain in-process registry. PIXELSERVE_METRICS_PORT is served from this (the supervisor) process,
+    merging every worker's files, so it answers even while workers restart.
+    """
+    given = os.environ.get(metrics_export.MULTIPROC_ENV)
+    if given:
+        metrics_export.clean_multiprocess_dir(Path(given))
+    elif settings.workers > 1:
+        made = tempfile.mkdtemp(prefix="pixelserve-metrics-")
+        os.environ[metrics_export.MULTIPROC_ENV] = made
+        atexit.register(shutil.rmtree, made, True)
+    if settings.metrics_port is not None:
+        store = JobStore(settings.job_store) if settings.admin_token else None
+        metrics_export.serve_port(settings.metrics_port, host, metrics_export.scrape_registry(store))
 
 
 def main() -> None:
@@ -16,6 +44,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
     settings = Settings()
+    _prepare_metrics(settings, args.host)
     uvicorn.run(
         "app.main:create_app",
         factory=True,

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.admin_gate import AdminGate
 from app.catch_all import CatchAll
+from app.core import metrics, metrics_export
 from app.core.batching import Batcher
 from app.core.devices import resolve_device
 from app.core.drain import Drainer
@@ -26,7 +27,9 @@ from app.core.settings import Settings
 from app.http_errors import install_error_handlers
 from app.limits import BodySizeLimit
 from app.openapi import install_openapi
+from app.request_metrics import RequestMetrics
 from app.routes import ADMIN_ROUTERS, api_router
+from app.routes.metrics import router as metrics_router
 
 logger = logging.getLogger("pixelserve")
 
@@ -40,9 +43,11 @@ async def _watch(registry: ModelRegistry, interval: float) -> None:
         return
     while True:
         await asyncio.sleep(interval)
+        metrics.reload_polled()
         try:
             await run_in_threadpool(registry.refresh)
         except Exception:  # a flaky shared volume must not stop the watcher
+            metrics.reload_failed()
             logger.exception("model refresh failed; serving what is loaded")
 
 
@@ -69,6 +74,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Without an admin token the job routes refuse before touching the store: a serving-only
         # replica (a read-only repository, say) opens no database at all.
         app.state.job_store = JobStore(settings.job_store) if settings.admin_token else None
+        app.state.metrics_registry = metrics_export.scrape_registry(app.state.job_store)
+        # PIXELSERVE_METRICS_PORT in one process (plain uvicorn): served from here, unless `python -m app`
+        # serves it already; with several workers, only the supervisor (app/__main__.py) does.
+        own_port = (
+            settings.metrics_port is not None
+            and metrics_export.multiprocess_dir() is None
+            and metrics_export.serve_port(settings.metrics_port, "0.0.0.0", app.state.metrics_registry)
+        )
         logger.info("serving %s", {n: m.version for n, m in registry.models.items()})
         # Start-up leaves ~250k long-lived objects (torch, FastAPI, the models); a full GC pass over
         # them took 130 ms and landed on whichever requests were in flight: the p99. Frozen, they
@@ -81,12 +94,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.drainer.uninstall()
+            if own_port and settings.metrics_port is not None:
+                metrics_export.stop_port(settings.metrics_port)
             app.state.batcher.close()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             if app.state.job_store is not None:
                 app.state.job_store.engine.dispose()
+            metrics_export.worker_stopped()  # its live gauges leave the merged view (multiprocess mode)
 
     app = FastAPI(
         title="pixelserve",
@@ -99,8 +115,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(api_router)
+    if settings.metrics_port is None:  # else on its own port, away from the load balancer
+        app.include_router(metrics_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     admin_routes = [route for router in ADMIN_ROUTERS for route in router.routes]
     app.add_middleware(AdminGate, settings=settings, admin_routes=admin_routes)
     app.add_middleware(CatchAll, access_log=settings.access_log)  # added last: the outermost, around everything above
+    app.add_middleware(RequestMetrics)  # outermost: counts CatchAll's 500s too, times the whole request
     return app

@@ -30,6 +30,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from app.core import metrics
 from app.core.artifacts import LoadedModel
 from app.core.inference import run_model
 from app.core.settings import BatchPolicy
@@ -153,6 +154,7 @@ class Batcher:
             self._lane.submit(self._prepare_in_lane, _Work(model, prepare, images, future, loop, 0.0))
         else:
             self._enqueue(_Work(model, prepare, images, future, loop, time.monotonic()))
+        metrics.track_in_flight(future, images)
         return future
 
     def refused(self, model: LoadedModel) -> None:
@@ -165,6 +167,7 @@ class Batcher:
             if self._closing:
                 raise RuntimeError("the batcher is shut down")
             self._queue.append(work)
+            metrics.enqueued(work.images)
             self._cond.notify()
 
     def _prepare_in_lane(self, work: _Work) -> None:
@@ -221,6 +224,7 @@ class Batcher:
                 else:
                     rest.append(work)
             self._queue = rest
+            metrics.queue_left(sum(work.images for work in rest))
             return batch
 
     def _run(self) -> None:
@@ -243,6 +247,7 @@ class Batcher:
 
     def _execute(self, batch: list[_Work]) -> None:
         model = batch[0].model
+        metrics.taken(model.name, [work.enqueued for work in batch])
         ready: list[tuple[_Work, np.ndarray]] = []
         for work in batch:
             try:
@@ -254,7 +259,9 @@ class Batcher:
         images = sum(pixels.shape[0] for _, pixels in ready)
         if ready:
             stacked = ready[0][1] if len(ready) == 1 else np.concatenate([p for _, p in ready])  # [B, 28, 28]
+            forward_started = time.perf_counter()
             probabilities = run_model(model, stacked)  # [B, C]
+            metrics.forward_pass(model.name, stacked.shape[0], time.perf_counter() - forward_started)
             start = 0
             for work, pixels in ready:
                 work.result = probabilities[start : start + pixels.shape[0]]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from app.core import metrics
 from app.core.artifacts import ArtifactError, LoadedModel, load_model
 from app.core.errors import ModelNotFound, NotReady
 from app.core.optimize import optimized
@@ -56,6 +57,7 @@ class ModelRegistry:
                     changed.append(name)
             except Exception as exc:  # a flaky volume or a surprising file: this model only
                 self.errors[name] = f"could not be refreshed: {type(exc).__name__}"
+                metrics.reload_failed(name)
                 logger.exception("model %s: refresh failed; keeping what is served", name)
         return changed
 
@@ -64,6 +66,7 @@ class ModelRegistry:
         if self.repository.root.is_dir() and not self.repository.has_model_folder(name):
             if served is not None:  # removed on purpose: an unreadable root (a flaky volume) unloads nothing
                 del self.models[name]
+                metrics.model_unloaded(name)
                 logger.warning("model %s: its folder was removed from the repository; no longer served", name)
             self.errors[name] = f"no version of {name!r}: no such folder in the model repository"
             return served is not None
@@ -90,12 +93,14 @@ class ModelRegistry:
             self.models[name] = optimized(loaded) if self.optimize else loaded
         except Exception as exc:  # ArtifactError or anything a loader raises: this version is refused
             self.refused.add((name, version))
+            metrics.model_refused(name, version)
             reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__} while loading"
             if current:
                 self.errors[name] = f"version {version} refused: {reason}"
             still = f"still serving {served.version}" if served else "nothing served"
             logger.error("model %s version %s refused, %s: %s (%r)", name, version, still, reason, exc.__cause__ or exc)
             return False
+        metrics.model_loaded(name, version)
         if current:
             self.errors.pop(name, None)
         logger.info("model %s version %s loaded%s", name, version, f" (was {served.version})" if served else "")

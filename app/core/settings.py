@@ -135,6 +135,12 @@ class Settings(CommonSettings):
         le=65535,
         description="serve Prometheus /metrics on this port (all workers merged) instead of the main port",
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="serve Prometheus /metrics on this port (all workers merged) instead of the main port",
+    )
     access_log: bool = Field(True, description="one structured line per request (uvicorn's own access log is off)")
     admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes; unset: they refuse")
     drain_s: float = Field(0.0, ge=0, le=600, description="after SIGTERM: seconds not-ready but serving")
