@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from app.core.errors import PixelserveError, Unauthorized
+from app.core.errors import Overloaded, PixelserveError, Unauthorized
 
 
 class ErrorBody(BaseModel):
@@ -44,6 +44,10 @@ def responses(*errors: type[PixelserveError]) -> dict[int | str, dict[str, Any]]
         entry = out.setdefault(error.status_code, {"model": ErrorBody, "description": ""})
         doc = (error.__doc__ or error.code.replace("_", " ")).strip().splitlines()[0]
         entry["description"] = f"{entry['description']}; {doc}" if entry["description"] else doc
+        if issubclass(error, Overloaded):
+            entry["headers"] = {
+                "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
+            }
     return out
 
 
@@ -83,7 +87,14 @@ def install_error_handlers(app: FastAPI) -> None:
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
 
+    async def on_overloaded(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, Overloaded)
+        response = await on_pixelserve_error(request, exc)
+        response.headers["Retry-After"] = str(exc.retry_after_s)  # RFC 9110: delay-seconds, an integer
+        return response
+
     app.add_exception_handler(PixelserveError, on_pixelserve_error)
     app.add_exception_handler(Unauthorized, on_unauthorized)
+    app.add_exception_handler(Overloaded, on_overloaded)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

@@ -11,6 +11,13 @@ and resolves the futures of each event loop with one callback.
 A request whose images are costly to decode (`heavy`: many pixels, app/core/upload_cost.py) is first
 prepared in the large-image lane, one thread of its own, and joins the queue as plain pixels: a big
 upload then delays other big uploads, never the forward passes of everyone else's small ones.
+
+Overload: latency must not grow without bound past saturation. `admit` sheds a request (503,
+`Overloaded`) when the queue holds too many images, or when the queueing delay is past a target:
+the oldest queued request has waited longer, or the queued images times the measured cost of one
+image would take longer (CoDel's idea: bound the time spent queued, not only the count). A queued
+request past its deadline is answered `DeadlineExceeded` (504), and one whose future was cancelled
+(the route saw its client disconnect) is dropped; neither is decoded nor run.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -32,8 +40,9 @@ import torch
 
 from app.core import metrics
 from app.core.artifacts import LoadedModel
+from app.core.errors import DeadlineExceeded, Overloaded
 from app.core.inference import run_model
-from app.core.settings import BatchPolicy
+from app.core.settings import BatchPolicy, OverloadPolicy
 
 logger = logging.getLogger("pixelserve.batching")
 
@@ -79,6 +88,7 @@ class _Work:
     loop: asyncio.AbstractEventLoop
     enqueued: float
     result: Probabilities | BaseException | None = None
+    deadline: float = math.inf  # time.monotonic() past which it is dropped unrun (504)
 
 
 def _given(pixels: np.ndarray) -> np.ndarray:
@@ -120,6 +130,11 @@ class Batcher:
         # One thread: heavy requests queue behind each other here, and take at most one core from the rest.
         self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="large-images")
         self.lane_requests = 0  # requests prepared in the lane since start-up
+        # Admission state, under self._cond: images submitted and not yet taken (the lane's too),
+        # and the inference threads' measured seconds per image (moving average), for `admit`.
+        self._images_queued = 0
+        self._seconds_per_image = 0.0
+        self.shed: Counter[str] = Counter()  # reason -> requests shed or dropped unrun since start-up
         for thread in self._threads:
             thread.start()
 
@@ -141,19 +156,50 @@ class Batcher:
                 if self._waiting and self._arriving == 0:
                     self._cond.notify_all()
 
+    @property
+    def queued_images(self) -> int:
+        """Images submitted and not yet taken into a forward pass (the large-image lane's included)."""
+        with self._cond:
+            return self._images_queued
+
+    def admit(self, images: int, policy: OverloadPolicy) -> None:
+        """Raise `Overloaded` when `images` more would queue too many or wait too long: cheap, O(1)."""
+        with self._cond:
+            queued = self._images_queued
+            oldest = self._queue[0].enqueued if self._queue else None
+            cost = self._seconds_per_image
+        if queued + images > policy.max_queued_images:
+            self._shed("queue_full")
+            raise Overloaded(f"{queued} images are queued in this process (at most {policy.max_queued_images})")
+        waited = time.monotonic() - oldest if oldest is not None else 0.0
+        expected = queued * cost / len(self._threads)
+        if (delay := max(waited, expected)) > policy.max_queue_delay_s:
+            self._shed("queue_delay")
+            target_ms = policy.max_queue_delay_s * 1000
+            raise Overloaded(f"the queue is {delay * 1000:.0f} ms long in this process (target {target_ms:.0f} ms)")
+
+    def _shed(self, reason: str) -> None:
+        with self._counters_lock:
+            self.shed[reason] += 1
+
     def submit(
-        self, model: LoadedModel, prepare: Prepare, images: int = 1, heavy: bool = False
+        self, model: LoadedModel, prepare: Prepare, images: int = 1, heavy: bool = False, deadline: float = math.inf
     ) -> asyncio.Future[Probabilities]:
-        """Queue a request; `heavy`: run `prepare` in the large-image lane first, then queue its pixels."""
+        """Queue a request; `heavy`: run `prepare` in the large-image lane first, then queue its pixels.
+
+        Unrun at `deadline` (time.monotonic()), it is answered DeadlineExceeded; cancel the future
+        (its client went away) and it is dropped unrun."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Probabilities] = loop.create_future()
+        work = _Work(model, prepare, images, future, loop, time.monotonic(), deadline=deadline)
         if heavy:
             with self._cond:
                 if self._closing:
                     raise RuntimeError("the batcher is shut down")
-            self._lane.submit(self._prepare_in_lane, _Work(model, prepare, images, future, loop, 0.0))
+                self._images_queued += images
+            self._lane.submit(self._prepare_in_lane, work)
         else:
-            self._enqueue(_Work(model, prepare, images, future, loop, time.monotonic()))
+            self._enqueue(work, count=True)
         metrics.track_in_flight(future, images)
         return future
 
@@ -162,10 +208,12 @@ class Batcher:
         with self._counters_lock:
             self.counters.setdefault(model.name, BatchCounters()).record(1, 0, 1)
 
-    def _enqueue(self, work: _Work) -> None:
+    def _enqueue(self, work: _Work, count: bool = False) -> None:
         with self._cond:
             if self._closing:
                 raise RuntimeError("the batcher is shut down")
+            if count:
+                self._images_queued += work.images
             self._queue.append(work)
             metrics.enqueued(work.images)
             self._cond.notify()
@@ -174,6 +222,11 @@ class Batcher:
         """In the lane thread: decode, then queue the pixels (or the error, so it is counted as any failure)."""
         with self._counters_lock:
             self.lane_requests += 1
+        if self._drop_if_gone(work, time.monotonic()):  # never decode for nobody
+            with self._cond:
+                self._images_queued -= work.images
+            self._hand_back([work])
+            return
         try:
             ready = partial(_given, work.prepare())
         except Exception as exc:  # its own 4xx (or 500), raised again by the inference thread
@@ -214,23 +267,61 @@ class Batcher:
                 self._cond.wait(remaining)
             self._waiting = False
             batch: list[_Work] = []
+            gone: list[_Work] = []
             rest: deque[_Work] = deque()
             images = 0
+            now = time.monotonic()
             for work in self._queue:
+                if self._drop_if_gone(work, now):
+                    gone.append(work)
                 # Same model object = same version; a request bigger than a batch goes alone.
-                if work.model is head.model and (not batch or images + work.images <= policy.max_batch_size):
+                elif work.model is head.model and (not batch or images + work.images <= policy.max_batch_size):
                     batch.append(work)
                     images += work.images
                 else:
                     rest.append(work)
             self._queue = rest
             metrics.queue_left(sum(work.images for work in rest))
-            return batch
+            self._images_queued -= images + sum(work.images for work in gone)
+            self._hand_back(gone)
+            return batch  # empty when every request of head's model was gone
+
+    def _drop_if_gone(self, work: _Work, now: float) -> bool:
+        """Past its deadline (answered 504) or cancelled by its route (client gone): never prepared nor run."""
+        if now > work.deadline:  # first: the route also cancels a future at its deadline
+            waited = now - work.enqueued
+            work.result = DeadlineExceeded(f"the request waited {waited:.3f} s in the queue, past its deadline")
+            self._shed("deadline")
+            return True
+        if work.future.cancelled():  # read across threads: a flag, set once on the loop
+            self._shed("disconnected")
+            return True
+        return False
+
+    def _hand_back(self, works: list[_Work]) -> None:
+        """Resolve each request's future on its own event loop, one callback per loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Work]] = {}
+        for work in works:
+            by_loop.setdefault(work.loop, []).append(work)
+        for loop, batch in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting
+                loop.call_soon_threadsafe(_resolve, batch)
+
+    def _measure(self, batch: list[_Work], seconds: float) -> None:
+        """The moving average of one image's cost (prepare + forward, as the GIL is shared now), for `admit`."""
+        images = sum(work.images for work in batch)
+        with self._cond:
+            previous = self._seconds_per_image
+            now = seconds / images
+            self._seconds_per_image = now if previous == 0 else 0.8 * previous + 0.2 * now
 
     def _run(self) -> None:
         if self._torch_threads is not None:
             torch.set_num_threads(self._torch_threads)
         while (batch := self._next_batch()) is not None:
+            if not batch:
+                continue
+            started = time.monotonic()
             try:
                 self._execute(batch)
             except BaseException as exc:  # never lose a request: whatever broke, each one hears of it
@@ -238,12 +329,8 @@ class Batcher:
                 for work in batch:
                     if work.result is None:
                         work.result = exc
-            by_loop: dict[asyncio.AbstractEventLoop, list[_Work]] = {}
-            for work in batch:
-                by_loop.setdefault(work.loop, []).append(work)
-            for loop, works in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting
-                    loop.call_soon_threadsafe(_resolve, works)
+            self._measure(batch, time.monotonic() - started)
+            self._hand_back(batch)
 
     def _execute(self, batch: list[_Work]) -> None:
         model = batch[0].model

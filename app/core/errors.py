@@ -117,3 +117,21 @@ class UnsupportedContentEncoding(PixelserveError):
 
     status_code = 415
     code = "unsupported_content_encoding"
+
+
+class Overloaded(PixelserveError):
+    """Overloaded: the queue is past its bound or its delay target; shed at once, retry after `Retry-After`."""
+
+    status_code = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # app.http_errors sends it as Retry-After
+
+
+class DeadlineExceeded(PixelserveError):
+    """The request waited past its deadline (PIXELSERVE_REQUEST_TIMEOUT_S, or the OIP `timeout` parameter) unrun."""
+
+    status_code = 504
+    code = "deadline_exceeded"

@@ -52,6 +52,7 @@ class InferRequest:
     id: str | None
     input: InputTensor
     outputs: tuple[RequestedOutput, ...]
+    timeout_s: float | None = None  # the request's `timeout` parameter (microseconds, as tritonclient sends it)
 
 
 async def read_request(
@@ -102,12 +103,25 @@ def parse_request(body: bytes, header_length: str | None, max_images: int) -> In
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInferenceRequest("'id' must be a string")
-    binary_output = _flag(_parameters(header, "the request"), "binary_data_output", False, "the request")
+    request_parameters = _parameters(header, "the request")
+    binary_output = _flag(request_parameters, "binary_data_output", False, "the request")
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1:
         got = f"{len(inputs)} tensors" if isinstance(inputs, list) else f"{inputs!r:.40}"
         raise InvalidInferenceRequest(f"'inputs' must be a list of exactly one tensor, the images; got {got}")
-    return InferRequest(request_id, _input(inputs[0], binary, max_images), _outputs(header, binary_output))
+    return InferRequest(
+        request_id, _input(inputs[0], binary, max_images), _outputs(header, binary_output), _timeout(request_parameters)
+    )
+
+
+def _timeout(parameters: dict[str, Any]) -> float | None:
+    """Triton's request `timeout`: microseconds to wait unrun before the server gives up; absent or 0: none."""
+    value = parameters.get("timeout")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInferenceRequest("the request's 'timeout' parameter must be a whole number of microseconds")
+    return value / 1_000_000 if value else None
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Annotated, Any
 
@@ -12,18 +13,21 @@ from pydantic import TypeAdapter
 from app.bodies import PredictionBody
 from app.core.errors import (
     BodyTooLarge,
+    DeadlineExceeded,
     ImageTooLarge,
     InvalidImage,
     MalformedUpload,
     MissingUpload,
     ModelNotFound,
     NotReady,
+    Overloaded,
     PixelserveError,
     TooManyImages,
     UnsupportedImage,
 )
 from app.core.inference import Prediction, prepare_uploads
 from app.core.upload_cost import is_heavy, open_uploads
+from app.deadlines import CLIENT_GONE, answer_or_gone, deadline_of
 from app.deps import BatcherDep, RegistryDep, SettingsDep
 from app.http_errors import responses
 from app.multipart import boundary_of, iter_parts
@@ -103,6 +107,8 @@ def _place(count: int, position: int) -> str:
         InvalidImage,
         MissingUpload,
         MalformedUpload,
+        Overloaded,
+        DeadlineExceeded,
     ),
 )
 async def predict(
@@ -122,22 +128,26 @@ async def predict(
     recipe (digit or garment) turns each into the 28x28 input its dataset used. Concurrent requests
     share forward passes (adaptive batching); large images decode in a lane of their own.
     """
+    started = time.monotonic()
     model = registry.get(name)
+    request.state.model, request.state.version = model.name, model.version  # for the access line
     with batcher.receiving():
         images = await read_uploads(request, settings.max_images_per_request)
+        request.state.images = len(images)
+        # After the body, not before: refusing unread makes the server close the connection, and
+        # reconnecting costs clients and the server more than reading the body did.
+        batcher.admit(len(images), settings.overload)
         try:
             opened, pixels = open_uploads(images, settings, partial(_place, len(images)))
         except PixelserveError:
             batcher.refused(model)
             raise
-    request.state.model, request.state.version = model.name, model.version  # for the access line
         prepare = partial(prepare_uploads, opened, model.recipe, settings.max_image_pixels)
-        answer = batcher.submit(model, prepare, len(images), heavy=is_heavy(pixels, len(images), settings))
-        request.state.images = len(images)
-        # After the body, not before: refusing unread makes the server close the connection, and
-        # reconnecting costs clients and the server more than reading the body did.
-        batcher.admit(len(images), settings.overload)
-    rows = await answer
+        deadline = deadline_of(settings, started)
+        heavy = is_heavy(pixels, len(images), settings)
+        answer = batcher.submit(model, prepare, len(images), heavy=heavy, deadline=deadline)
+    if (rows := await answer_or_gone(request, answer, deadline)) is None:
+        return Response(status_code=CLIENT_GONE)  # nobody reads it; its work was dropped unrun
     # Built through PredictionBody: what leaves is what the OpenAPI document says.
     bodies = [
         PredictionBody.model_validate(Prediction(model.name, model.version, model.labels, row).to_json(top_k))

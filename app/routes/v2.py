@@ -7,6 +7,7 @@ URL; another version is a 404 naming the served one. The protocol itself is in a
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Any
 
@@ -18,11 +19,13 @@ from app.core.artifacts import LoadedModel
 from app.core.batching import Batcher
 from app.core.errors import (
     BodyTooLarge,
+    DeadlineExceeded,
     ImageTooLarge,
     InvalidImage,
     InvalidInferenceRequest,
     ModelNotFound,
     NotReady,
+    Overloaded,
     PixelserveError,
     ProbeNotReady,
     TooManyImages,
@@ -32,6 +35,7 @@ from app.core.errors import (
 )
 from app.core.registry import ModelRegistry
 from app.core.settings import Settings
+from app.deadlines import CLIENT_GONE, answer_or_gone, deadline_of
 from app.deps import BatcherDep, DrainerDep, RegistryDep, SettingsDep
 from app.http_errors import responses
 from app.oip.bodies import (
@@ -79,6 +83,8 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
         UnsupportedImage,
         UnsupportedContentEncoding,
         InvalidImage,
+        Overloaded,
+        DeadlineExceeded,
     ),
 }
 
@@ -154,31 +160,34 @@ async def version_ready(name: str, version: str, registry: RegistryDep) -> Model
 
 
 async def _infer(model: LoadedModel, request: Request, settings: Settings, batcher: Batcher) -> Response:
+    started = time.monotonic()
+    request.state.model, request.state.version = model.name, model.version  # for the access line
     with batcher.receiving():
         body = await request.body()
         parsed = await read_request(
             body,
             request.headers.get(HEADER_LENGTH),
             request.headers.get("content-encoding"),
-    started = time.monotonic()
-    request.state.model, request.state.version = model.name, model.version  # for the access line
             settings.max_body_bytes,
             settings.max_images_per_request,
         )
         tensor = parsed.input
+        request.state.images = tensor.images
+        # After the body, not before: refusing unread closes the connection (see routes/predict.py).
+        batcher.admit(tensor.images, settings.overload)
         # Base64 files in a large JSON body take milliseconds to decode: not on the event loop.
         inline = tensor.raw is not None or len(body) <= INLINE_JSON_BYTES
         planned = partial(plan, tensor, model.recipe, settings)
         try:
             prepare, heavy = planned() if inline else await run_in_threadpool(planned)
         except PixelserveError:
-        request.state.images = tensor.images
-        # After the body, not before: refusing unread closes the connection (see routes/predict.py).
-        batcher.admit(tensor.images, settings.overload)
             batcher.refused(model)
             raise
-        answer = batcher.submit(model, prepare, tensor.images, heavy=heavy)
-    return build_response(model, parsed, await answer)
+        deadline = deadline_of(settings, started, parsed.timeout_s)
+        answer = batcher.submit(model, prepare, tensor.images, heavy=heavy, deadline=deadline)
+    if (rows := await answer_or_gone(request, answer, deadline)) is None:
+        return Response(status_code=CLIENT_GONE)  # nobody reads it; its work was dropped unrun
+    return build_response(model, parsed, rows)
 
 
 @router.post("/models/{name}/infer", openapi_extra={"requestBody": _INFER_REQUEST}, responses=_INFER_RESPONSES)
