@@ -179,8 +179,10 @@ class Batcher:
             raise Overloaded(f"the queue is {delay * 1000:.0f} ms long in this process (target {target_ms:.0f} ms)")
 
     def _shed(self, reason: str) -> None:
+        """queue_full, queue_delay (503 at admission), deadline (504 unrun), disconnected (dropped unrun)."""
         with self._counters_lock:
             self.shed[reason] += 1
+        metrics.request_shed(reason)
 
     def submit(
         self, model: LoadedModel, prepare: Prepare, images: int = 1, heavy: bool = False, deadline: float = math.inf
