@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(config: TrainConfig, args: argparse.Namespace) -> int:
-    data = load_dataset(config.dataset, args.data_dir, progress=args.progress)
+    # --data-dir is used as given (unchecked, e.g. a subset); without it, the found or downloaded set.
+    data = load_dataset(config.dataset, getattr(args, "data_dir", None), progress=args.progress)
     result = train(config, data, progress=args.progress)
     try:
         folder = export_model(args.repository, config.model_name, config, data, result)
