@@ -23,7 +23,7 @@ import tritonclient.http as triton_http
 from fastapi.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
-from app.core.inference import preprocess
+from app.core.inference import to_model_input
 from app.core.settings import Settings
 from app.main import create_app
 from tests.helpers import encode
@@ -67,7 +67,7 @@ class Sample:
         self.model = model
         self.raw = data.test.images[:4].numpy()  # uint8 [4, 28, 28], light on dark
         self.pngs = [encode(image) for image in self.raw]
-        self.pixels = np.stack([preprocess(png, RECIPES[model], 10**6) for png in self.pngs])  # what /predict sees
+        self.pixels = np.stack([to_model_input(png, RECIPES[model], 10**6) for png in self.pngs])  # what /predict sees
         files = [("file", (f"{i}.png", png, "image/png")) for i, png in enumerate(self.pngs)]
         answers = http.post(f"/predict/{model}", files=files).json()
         self.probabilities = np.array([list(answer["probabilities"].values()) for answer in answers])

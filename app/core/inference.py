@@ -46,8 +46,12 @@ class Prediction:
         return body
 
 
-def preprocess(data: bytes | Image.Image, recipe: str, max_pixels: int) -> np.ndarray:
-    """Upload bytes -> float32 [28, 28] in [0, 1], light on dark, as the dataset looks."""
+def to_model_input(data: bytes | Image.Image, recipe: str, max_pixels: int) -> np.ndarray:
+    """Upload bytes -> float32 [28, 28] in [0, 1], light on dark, as the dataset looks.
+
+    The upload pipeline in one call: decode (app.core.imaging.decode_light_on_dark: any format and
+    mode, bounded, light on dark), then the model's recipe (app.core.preprocessing.apply_recipe).
+    """
     return apply_recipe(decode_light_on_dark(data, max_pixels), recipe)
 
 
@@ -76,7 +80,7 @@ def prepare_uploads(images: Sequence[bytes | Image.Image], recipe: str, max_pixe
     pixels = np.empty((len(images), 28, 28), dtype=np.float32)
     for position, data in enumerate(images):
         try:
-            pixels[position] = preprocess(data, recipe, max_pixels)
+            pixels[position] = to_model_input(data, recipe, max_pixels)
         except PixelserveError as exc:
             if len(images) > 1:
                 exc.message = f"file {position + 1} of {len(images)}: {exc.message}"

@@ -21,7 +21,7 @@ from PIL import Image
 
 from app.core.batching import Prepare
 from app.core.errors import InvalidImage, InvalidInferenceRequest, PixelserveError
-from app.core.inference import preprocess
+from app.core.inference import to_model_input
 from app.core.settings import Settings
 from app.core.upload_cost import is_heavy, open_uploads
 from app.oip.codec import InputTensor
@@ -132,7 +132,7 @@ def _images(files: Sequence[bytes | Image.Image], recipe: str, max_pixels: int, 
     for position, data in enumerate(files):
         place = _place(where, len(files), position)
         try:
-            pixels[position] = preprocess(data, recipe, max_pixels)
+            pixels[position] = to_model_input(data, recipe, max_pixels)
         except PixelserveError as exc:
             exc.message = f"{place}: {exc.message}"
             raise
