@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             resolve_device(settings.device),
             settings.models,
             settings.optimize,
+            runtime=settings.runtime,
         )
         registry.refresh()
         app.state.registry = registry

@@ -1,10 +1,13 @@
-"""`python -m training.convert models/mnist/1 [...]`: add model.pt2 next to a model.pt, without retraining.
+"""`python -m training.convert models/mnist/1 [...]`: add model.pt2 and model.onnx beside a model.pt, no retraining.
 
 The network is rebuilt from the architecture and normalisation named in the metadata, given the
 TorchScript artifact's weights (same state_dict keys as training's ServedModel), and exported with
-torch.export. It is written only when the rebuilt weights hash to the metadata's SHA-256 and both
-the rebuilt module and the written program match the TorchScript module within 1e-6.
-`model.pt` itself is never rewritten: it stays byte for byte what was shipped.
+torch.export (and from that program to ONNX). A file is written only when the rebuilt weights hash
+to the metadata's SHA-256, the rebuilt module matches the TorchScript module within 1e-6, and the
+written file, loaded as the server loads it, matches it too: within 1e-6 for model.pt2, within the
+ONNX Runtime loader's 1e-5 for model.onnx (its own kernels round differently; the file must pass
+the check the server makes). Only missing files are written unless --force; `model.pt` itself is
+never rewritten: it stays byte for byte what was shipped.
 """
 
 from __future__ import annotations
@@ -21,8 +24,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.core.artifacts import ArtifactError, load_model, read_metadata, weights_sha256
+from app.core.artifacts import (
+    ONNX,
+    ONNX_FILE,
+    TORCH_EXPORT,
+    ArtifactError,
+    LoadedModel,
+    load_model,
+    read_metadata,
+    weights_sha256,
+)
 from app.core.durable import fsync_dir
+from app.core.onnx_runtime import load_onnx
 from training.export import (
     ARTIFACT_FILE,
     EXPORTED_FILE,
@@ -33,6 +46,7 @@ from training.export import (
 )
 from training.loop import Normalize
 from training.networks import create_network
+from training.onnx_export import onnx_exporter_missing, to_onnx, write_onnx
 
 TOLERANCE = 1e-6
 CPU = torch.device("cpu")
@@ -78,17 +92,29 @@ def rebuild(metadata: dict[str, Any], reference: nn.Module) -> ServedModel:
     return served
 
 
-def convert(folder: Path, force: bool = False) -> Path:
-    """Write <folder>/model.pt2 from <folder>/model.pt; returns its path."""
-    source, target = folder / ARTIFACT_FILE, folder / EXPORTED_FILE
-    if target.exists() and not force:
-        raise FileExistsError(f"{target} exists (use --force to replace it)")
-    reference = load_model(source, CPU).forward  # checks the SHA-256 and a smoke prediction first
+# What convert can add, and the file each one is.
+TARGETS = {TORCH_EXPORT: EXPORTED_FILE, ONNX: ONNX_FILE}
+
+
+def convert(folder: Path, force: bool = False, formats: tuple[str, ...] = tuple(TARGETS)) -> list[Path]:
+    """Write the missing ones of <folder>/model.pt2 and model.onnx from <folder>/model.pt; returns their paths.
+
+    FileExistsError when every one asked for is there already (and not --force)."""
+    source = folder / ARTIFACT_FILE
+    wanted = [fmt for fmt in formats if force or not (folder / TARGETS[fmt]).exists()]
+    if not wanted:
+        raise FileExistsError(f"{', '.join(str(folder / TARGETS[f]) for f in formats)} exist (use --force to replace)")
+    if ONNX in wanted and (missing := onnx_exporter_missing()):
+        raise ConversionError(
+            f"cannot write {ONNX_FILE}: not installed: {missing} (pip install 'pixelserve[training]')"
+        )
+    loaded = load_model(source, CPU)  # checks the SHA-256 and a smoke prediction first
+    reference = loaded.forward
     if not isinstance(reference, nn.Module):
         raise ConversionError(f"{source} did not load as a module")
     metadata = read_metadata(source)
     served = rebuild(metadata, reference)
-    exported_metadata = {
+    converted_metadata = {
         **metadata,
         "formats": list(FORMATS),
         # Provenance: the program was made later than the training run the rest describes.
@@ -98,18 +124,31 @@ def convert(folder: Path, force: bool = False) -> Path:
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
     }
-    # Written in a hidden folder beside it (the file name, not a temporary one, names the archive
-    # inside), renamed when verified: readers never see half a file.
+    program = to_exported_program(served)
+    return [_write_checked(folder, fmt, program, converted_metadata, loaded) for fmt in wanted]
+
+
+def _write_checked(
+    folder: Path, fmt: str, program: torch.export.ExportedProgram, metadata: dict[str, Any], reference: LoadedModel
+) -> Path:
+    """Write one file in a hidden folder beside it (the file name, not a temporary one, names the archive
+    inside), load it as the server would, and rename it into place when it matches: readers never see
+    half a file or an unchecked one."""
+    target = folder / TARGETS[fmt]
     staging = folder / f".convert-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
-        staged = write_exported(to_exported_program(served), exported_metadata, staging / target.name)
-        written = load_model(staged, CPU).forward  # the server's own checks on the written file
-        if not isinstance(written, nn.Module):
-            raise ConversionError(f"{staged} did not load as a module")
-        difference = max_difference(written, reference)
-        if difference > TOLERANCE:
-            raise ConversionError(f"the written program differs from the TorchScript module by {difference:.2e}")
+        if fmt == ONNX:
+            staged = write_onnx(to_onnx(program), metadata, staging / target.name)
+            load_onnx(staged, reference)  # the server's own check: same model, within its tolerance
+        else:
+            staged = write_exported(program, metadata, staging / target.name)
+            written = load_model(staged, CPU).forward  # the server's own checks on the written file
+            if not isinstance(written, nn.Module) or not isinstance(reference.forward, nn.Module):
+                raise ConversionError(f"{staged} did not load as a module")
+            difference = max_difference(written, reference.forward)
+            if difference > TOLERANCE:
+                raise ConversionError(f"the written program differs from the TorchScript module by {difference:.2e}")
         os.replace(staged, target)
         fsync_dir(folder)
     finally:
@@ -120,17 +159,21 @@ def convert(folder: Path, force: bool = False) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.convert", description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="version folders holding model.pt")
-    parser.add_argument("--force", action="store_true", help="replace an existing model.pt2")
+    parser.add_argument("--force", action="store_true", help="replace existing files")
+    parser.add_argument(
+        "--format", choices=list(TARGETS), action="append", dest="formats", help="only this one (repeatable)"
+    )
     args = parser.parse_args(argv)
     failed = 0
     for folder in args.folders:
         try:
-            path = convert(folder, force=args.force)
+            paths = convert(folder, force=args.force, formats=tuple(args.formats or TARGETS))
         except (ArtifactError, ConversionError, FileExistsError) as exc:
             print(f"{folder}: not converted: {exc}", file=sys.stderr)
             failed += 1
             continue
-        print(f"{folder}: wrote {path.name} ({path.stat().st_size} bytes)")
+        for path in paths:
+            print(f"{folder}: wrote {path.name} ({path.stat().st_size} bytes)")
     return 1 if failed else 0
 
 

@@ -1,15 +1,17 @@
 """Export a trained network as self-describing artifacts in the model repository.
 
-Layout: <repository>/<name>/<version>/model.pt (TorchScript) and model.pt2 (torch.export), both
-with the same metadata embedded as the extra file `metadata.json`. The served module takes raw
-pixels [N, 1, 28, 28] in [0, 1] (light on dark), normalises them itself and returns class
-probabilities [N, C].
+Layout: <repository>/<name>/<version>/model.pt (TorchScript), model.pt2 (torch.export) and
+model.onnx (ONNX, for ONNX Runtime; training/onnx_export.py), all with the same metadata embedded:
+the extra file `metadata.json` of the two zips, the `metadata.json` entry of the ONNX model's
+metadata_props. The served module takes raw pixels [N, 1, 28, 28] in [0, 1] (light on dark),
+normalises them itself and returns class probabilities [N, C].
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -22,6 +24,8 @@ from torch import nn
 
 from app.core.artifacts import (
     ARTIFACT_FILES,
+    ONNX,
+    ONNX_FILE,
     TORCH_EXPORT,
     TORCH_EXPORT_LOCK,
     TORCHSCRIPT,
@@ -36,14 +40,15 @@ from training.config import TrainConfig
 from training.data import LoadedDataset
 from training.loop import TrainResult
 from training.networks import count_parameters
+from training.onnx_export import onnx_exporter_missing, to_onnx, write_onnx
 
 ARTIFACT_FILE = ARTIFACT_FILES[TORCHSCRIPT]
 EXPORTED_FILE = ARTIFACT_FILES[TORCH_EXPORT]
 METADATA_FILE = "metadata.json"
 # The metadata contract's name, kept from before model.pt2 existed; `formats` lists the files.
-# The metadata layout, shared by model.pt and model.pt2 (the file formats are listed under "formats").
+# The metadata layout, shared by model.pt, model.pt2 and model.onnx (the files are listed under "formats").
 FORMAT = "pixelserve.model/1"
-FORMATS = [TORCHSCRIPT, TORCH_EXPORT]
+FORMATS = [TORCHSCRIPT, TORCH_EXPORT, ONNX]
 # The JIT tracer keeps global state (type mangling): two traces at once in one process can fail
 # its sanity check with "Graphs differed across invocations". torch.export patches
 # nn.Module.__call__ for every thread while it traces, so a trace or an eager check in another
@@ -52,6 +57,7 @@ _TRACE_LOCK = TORCH_EXPORT_LOCK
 # Any batch size from 1 up: an explicit min=1 keeps batch 1 inside the program's guards, which an
 # unnamed dynamic dimension (specialised away from 0 and 1) does not promise.
 _BATCH = torch.export.Dim("batch", min=1)
+logger = logging.getLogger("pixelserve.export")
 
 
 class ServedModel(nn.Module):
@@ -120,7 +126,7 @@ def build_metadata(
         "torch_version": torch.__version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "weights_sha256": sha256,
-        "formats": list(FORMATS),
+        "formats": list(FORMATS),  # export_model drops onnx where it was not written
     }
 
 
@@ -164,17 +170,20 @@ def export_model(
 ) -> Path:
     """Write the trained model as the next version of `name`; returns the version folder.
 
-    Both formats are written into one folder under a temporary name, fsynced, each checked by
-    `validate` (which raises to refuse), then `commit(staging, target)` renames the folder: a
-    reader never sees a half-written version. A publisher's commit renames under its lock and
-    may raise instead, leaving nothing behind. Two exports racing for one number: the loser's
-    rename fails and it takes the next.
+    Every format (model.onnx where its exporter is installed) is written into one folder under a
+    temporary name, fsynced, each checked by `validate` (which raises to refuse), then
+    `commit(staging, target)` renames the folder: a reader never sees a half-written version. A
+    publisher's commit renames under its lock and may raise instead, leaving nothing behind. Two
+    exports racing for one number: the loser's rename fails and it takes the next.
     """
     model_dir = repository / name
     model_dir.mkdir(parents=True, exist_ok=True)
     served = ServedModel(result.model).eval()
     scripted = to_torchscript(served)
     program = to_exported_program(served)
+    if missing := onnx_exporter_missing():
+        logger.warning("%s: no %s (not installed: %s); pip install 'pixelserve[training]'", name, ONNX_FILE, missing)
+    onnx_model = None if missing else to_onnx(program)
     with _TRACE_LOCK:  # state_dict() meets the fake-tensor mode of another thread's torch.export
         sha256 = weights_sha256(served)
     for _attempt in range(100):
@@ -184,10 +193,14 @@ def export_model(
         staging.mkdir()
         try:
             metadata = build_metadata(name, version, config, data, result, sha256)
+            if onnx_model is None:
+                metadata["formats"].remove(ONNX)
             staged = [
                 write_artifact(scripted, metadata, staging),
                 write_exported(program, metadata, staging / EXPORTED_FILE),
             ]
+            if onnx_model is not None:  # validated after model.pt: its loader checks it against model.pt
+                staged.append(write_onnx(onnx_model, metadata, staging / ONNX_FILE))
             fsync_dir(staging)
             if validate is not None:
                 for artifact in staged:

@@ -4,7 +4,9 @@ The contract (written by `training/export.py`, read here without importing it): 
 <repository>/<name>/<version>/ holds `model.pt` (TorchScript) and, from the second format on,
 `model.pt2` (a `torch.export` program). Both take raw pixels [N, 1, 28, 28] in [0, 1] and return
 probabilities [N, C]; both embed the same `metadata.json` as an extra file. The format is told by
-the file's suffix; the rest of the app only ever sees a `LoadedModel`.
+the file's suffix; the rest of the app only ever sees a `LoadedModel`. A third file, `model.onnx`, is
+not a format of its own but another runtime's copy of the served one: it is loaded only beside a
+checked model.pt(2) and must agree with it (app/core/onnx_runtime.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ TORCHSCRIPT = "torchscript"
 TORCH_EXPORT = "torch.export"
 # Format -> file name inside a version folder. TorchScript first: it stays the default.
 ARTIFACT_FILES = {TORCHSCRIPT: "model.pt", TORCH_EXPORT: "model.pt2"}
-_SUFFIXES = {".pt": TORCHSCRIPT, ".pt2": TORCH_EXPORT}
+ONNX = "onnx"
+ONNX_FILE = "model.onnx"  # not in ARTIFACT_FILES: never served on its own, so never picked by artifact_file
+_SUFFIXES = {".pt": TORCHSCRIPT, ".pt2": TORCH_EXPORT, ".onnx": ONNX}
 REQUIRED_KEYS = ("name", "version", "architecture", "labels", "preprocessing", "weights_sha256")
 # torch.export keeps process-wide state: export patches nn.Module.__call__ for every thread, save
 # registers a global pickle reducer, load sets a module-level "current deserializer". Concurrent
@@ -66,7 +70,7 @@ class LoadedModel:
 
 
 def artifact_format(path: Path) -> str:
-    """`torchscript` for *.pt, `torch.export` for *.pt2."""
+    """`torchscript` for *.pt, `torch.export` for *.pt2, `onnx` for *.onnx."""
     try:
         return _SUFFIXES[path.suffix]
     except KeyError:
@@ -126,6 +130,13 @@ def read_metadata(path: Path) -> dict[str, Any]:
             metadata = json.loads(archive.read(member))
     except Exception as exc:  # zipfile and json raise many types (BadZipFile, UnicodeDecodeError, EOFError, ...)
         raise ArtifactError(f"{shown(path)}: no readable embedded {METADATA_FILE} ({type(exc).__name__})") from exc
+    return checked_metadata(metadata, path)
+
+
+def checked_metadata(metadata: Any, path: Path) -> dict[str, Any]:
+    """`metadata` when it has the required keys with servable values (ArtifactError naming `path` if not).
+
+    Shared by both zip formats and by model.onnx, whose metadata sits in the ONNX model's metadata_props."""
     if not isinstance(metadata, dict):
         raise ArtifactError(f"{shown(path)}: {METADATA_FILE} is not a JSON object")
     missing = [key for key in REQUIRED_KEYS if key not in metadata]
@@ -201,8 +212,14 @@ _LOADERS: dict[str, Callable[[Path, torch.device], torch.nn.Module]] = {
 
 
 def load_model(path: Path, device: torch.device) -> LoadedModel:
-    """Load, verify (weights SHA-256, a smoke prediction) and wrap one artifact of either format."""
+    """Load, verify (weights SHA-256, a smoke prediction) and wrap one artifact of either format.
+
+    A model.onnx is loaded with the torch artifact beside it, checked first, and must agree with it."""
     fmt = artifact_format(path)
+    if fmt == ONNX:  # imported here: onnxruntime is optional, and that module imports this one
+        from app.core.onnx_runtime import load_onnx_beside
+
+        return load_onnx_beside(path, device)
     metadata = read_metadata(path)
     folder = path.parent.name
     if folder.isdigit() and str(metadata["version"]) != folder:

@@ -21,6 +21,7 @@ import torch
 from app.core import metrics
 from app.core.artifacts import ArtifactError, LoadedModel, load_model
 from app.core.errors import ModelNotFound, NotReady
+from app.core.onnx_runtime import ONNXRUNTIME, served_by_onnxruntime
 from app.core.optimize import optimized
 from app.core.repository import ModelRepository
 
@@ -33,6 +34,7 @@ class ModelRegistry:
     device: torch.device
     wanted: list[str] | None = None  # None: every model in the repository
     optimize: bool = True  # freeze + optimize_for_inference on CPU (app/core/optimize.py)
+    runtime: str = "torchscript"  # or onnxruntime: model.onnx where it agrees (app/core/onnx_runtime.py)
     models: dict[str, LoadedModel] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # name -> why it (or its newest version) is not served
     refused: set[tuple[str, str]] = field(default_factory=set)  # (name, version) not to retry
@@ -90,7 +92,9 @@ class ModelRegistry:
         try:
             loaded = load_model(self.repository.artifact_path(name, version), self.device)
             loaded = dataclasses.replace(loaded, name=name)  # served under its folder's name
-            self.models[name] = optimized(loaded) if self.optimize else loaded
+            # ONNX Runtime is checked against the loaded torch model; without it, the torch model is served.
+            onnx = served_by_onnxruntime(loaded) if self.runtime == ONNXRUNTIME else None
+            self.models[name] = onnx or (optimized(loaded) if self.optimize else loaded)
         except Exception as exc:  # ArtifactError or anything a loader raises: this version is refused
             self.refused.add((name, version))
             metrics.model_refused(name, version)

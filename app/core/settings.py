@@ -82,6 +82,10 @@ class Settings(CommonSettings):
         "torchscript", description="which file to serve when a version has both model.pt and model.pt2"
     )
     optimize: bool = Field(True, description="freeze + optimize_for_inference TorchScript models on CPU at load")
+    runtime: Literal["torchscript", "onnxruntime"] = Field(
+        "torchscript",
+        description="onnxruntime: serve each version's model.onnx when it agrees with its model.pt (else model.pt)",
+    )
     max_batch_size: int = Field(16, ge=1, le=4096, description="most images in one forward pass; 1: no batching")
     max_delay_ms: float = Field(
         2.0, ge=0, le=1000, description="longest wait for more requests after the first of a batch"
