@@ -7,7 +7,9 @@ counts, per status class; the per-worker files show each worker counted its shar
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import uuid
 from collections.abc import Iterator
@@ -231,3 +233,23 @@ def test_training_jobs_are_read_from_the_store_at_scrape_time(
 def test_no_job_metrics_without_a_job_store(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert samples(text, "pixelserve_training_jobs") == [] and samples(text, "pixelserve_job_store_up") == []
+
+
+def test_the_dashboard_and_readme_queries_name_only_exported_metrics(tiny_repository: Path, tmp_path: Path) -> None:
+    """deploy/grafana/pixelserve.json and the README's PromQL use names a scrape really has."""
+    settings = Settings(
+        model_repository=tiny_repository, admin_token="t" * 32, job_store_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    )
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/predict/mnist", content=encode(draw_digit(1)), headers=PNG).status_code == 200
+        families = list(text_string_to_metric_families(client.get("/metrics").text))
+    # Sample names, and the series names of families with no sample yet (a counter no one has shed).
+    exported = {s.name for family in families for s in family.samples}
+    exported |= {family.name + ("_total" if family.type == "counter" else "") for family in families}
+    root = Path(__file__).resolve().parent.parent
+    dashboard = json.loads((root / "deploy" / "grafana" / "pixelserve.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    promql = (root / "README.md").read_text().split("## Metrics", 1)[1].split("```promql", 1)[1].split("```", 1)[0]
+    used = {name for text in [*expressions, promql] for name in re.findall(r"\b(?:pixelserve|process)_[a-z_]+", text)}
+    assert {"pixelserve_queue_images", "pixelserve_request_duration_seconds_bucket"} <= used
+    assert used - exported == set()
