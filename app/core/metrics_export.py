@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -76,14 +77,20 @@ def live_pids(directory: str) -> list[int]:
         if _alive(pid):
             alive.append(pid)
         else:
-            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+            _mark_dead(pid, directory)
     return alive
+
+
+def _mark_dead(pid: int, directory: str) -> None:
+    # Two scrapes (two workers answering /metrics) may reap the same pid at once: one removes first.
+    with contextlib.suppress(FileNotFoundError):
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 def worker_stopped() -> None:
     """A worker's lifespan ends: its livesum/liveall gauges leave the merged view now."""
     if (directory := multiprocess_dir()) is not None:
-        multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+        _mark_dead(os.getpid(), directory)
 
 
 class _Workers(Collector):
