@@ -53,9 +53,9 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, send_status)
-        except BaseException:
+        except Exception:
             status = status or 500  # what the server answers for an exception nobody handled
-            raise
+            raise  # (a cancelled request, its client gone, keeps status 0: "none")
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             model, version = _model_labels(scope)
