@@ -48,7 +48,29 @@ class BatchingInfo(BaseModel):
 class ModelDetail(ModelSummary):
     batching: BatchingInfo = Field(description="this process's batching policy and counters")
     version_details: list[VersionInfo]
+    pinned: bool = Field(False, description="the served version is pinned: newer publications do not take over")
     metadata: dict[str, Any] = Field(description="full metadata embedded in the served artifact")
+
+
+class VersionDetail(BaseModel):
+    model: str
+    version: str
+    current: bool = Field(description="the repository's CURRENT points at this version")
+    pinned: bool = Field(description="current and pinned: newer publications do not take over")
+    served: bool = Field(description="this replica answers predictions with this version")
+    metadata: dict[str, Any] = Field(description="full metadata embedded in this version's artifact")
+
+
+class DatasetEntry(BaseModel):
+    name: str
+    labels: list[str]
+    preprocessing: str = Field(description="the recipe uploads go through: digit or garment")
+
+
+class CatalogueBody(BaseModel):
+    architectures: list[str] = Field(description="what a training job may build")
+    datasets: list[DatasetEntry]
+    parameters: dict[str, Any] = Field(description="the training parameters' JSON Schema (bounds and defaults)")
 
 
 class TopK(BaseModel):
@@ -64,6 +86,11 @@ class PredictionBody(BaseModel):
     confidence: float
     probabilities: dict[str, float] = Field(description="every class, in class order, summing to 1")
     top_k: list[TopK] | None = None
+    input_png: str | None = Field(
+        None,
+        description="with ?include_input=true: the 28x28 input the model saw (after the recipe: crop, scale, "
+        "centring, light on dark), a base64 PNG, 8-bit grey",
+    )
 
 
 # -- training jobs and versions (admin) -------------------------------------------------------------

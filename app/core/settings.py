@@ -146,6 +146,7 @@ class Settings(CommonSettings):
         description="serve Prometheus /metrics on this port (all workers merged) instead of the main port",
     )
     access_log: bool = Field(True, description="one structured line per request (uvicorn's own access log is off)")
+    ui: bool = Field(True, description="serve the playground (/ui; / redirects there) and admin console (/ui/admin)")
     admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes; unset: they refuse")
     drain_s: float = Field(0.0, ge=0, le=600, description="after SIGTERM: seconds not-ready but serving")
     shutdown_grace_s: float = Field(30.0, gt=0, description="then: longest wait for in-flight requests")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.bodies import BatchingInfo, ModelDetail, ModelSummary, VersionInfo
+from app.bodies import BatchingInfo, ModelDetail, ModelSummary, VersionDetail, VersionInfo
 from app.core.artifacts import ArtifactError, public_metadata, read_metadata
 from app.core.batching import BatchCounters
-from app.core.errors import ModelNotFound
+from app.core.errors import Conflict, ModelNotFound, VersionNotFound
 from app.core.registry import ModelRegistry
 from app.deps import BatcherDep, RegistryDep
 from app.http_errors import responses
@@ -61,5 +61,37 @@ def get_model(name: str, registry: RegistryDep, batcher: BatcherDep) -> ModelDet
         **summary.model_dump(),
         batching=BatchingInfo(max_batch_size=policy.max_batch_size, max_delay_ms=policy.max_delay_ms, **counters),
         version_details=[_version_info(registry, name, v) for v in summary.versions],
+        pinned=bool(loaded) and registry.repository.read_pointer(name) == (summary.served_version, True),
         metadata=public_metadata(loaded.metadata) if loaded else {},
+    )
+
+
+@router.get(
+    "/{name}/versions/{version}",
+    response_model=VersionDetail,
+    responses=responses(ModelNotFound, VersionNotFound, Conflict),
+)
+def get_version(name: str, version: str, registry: RegistryDep) -> VersionDetail:
+    """One version's full metadata (accuracy, confusion matrix, training history), served or not."""
+    if name not in registry.models and name not in registry.expected_names():
+        registry.get(name)  # raises the 404 naming the served models
+    repository = registry.repository
+    # Only names the repository lists: no '..', no dot-folders, nothing outside it.
+    if version not in repository.versions(name):
+        known = ", ".join(repository.versions(name)) or "none"
+        raise VersionNotFound(f"model {name!r:.80} has no version {version!r:.40}; versions: {known}")
+    try:
+        metadata = read_metadata(repository.artifact_path(name, version))
+    except ArtifactError as exc:
+        raise Conflict(f"version {version} of {name!r:.80} cannot be read: {exc}") from None
+    current = repository.current_version(name)  # CURRENT, else the newest version
+    pointed, pinned = repository.read_pointer(name)
+    loaded = registry.models.get(name)
+    return VersionDetail(
+        model=name,
+        version=version,
+        current=current == version,
+        pinned=pointed == version and pinned,
+        served=loaded is not None and loaded.version == version,
+        metadata=public_metadata(metadata),
     )

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from PIL import Image
 from pydantic import TypeAdapter
 
 from app.bodies import PredictionBody
@@ -93,6 +98,20 @@ def _place(count: int, position: int) -> str:
     return f"file {position + 1} of {count}" if count > 1 else ""
 
 
+def _keeping(prepare: Callable[[], np.ndarray], kept: list[np.ndarray]) -> np.ndarray:
+    """`prepare`, keeping the [k, 28, 28] input it hands the batcher (run once, on a batching thread)."""
+    pixels = prepare()
+    kept.append(pixels)
+    return pixels
+
+
+def input_png(pixels: np.ndarray) -> str:
+    """One [28, 28] model input in [0, 1] as a base64 8-bit grey PNG (a few hundred bytes)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8), mode="L").save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
 @router.post(
     "/{name}",
     response_model=PredictionBody | list[PredictionBody],
@@ -118,6 +137,9 @@ async def predict(
     settings: SettingsDep,
     batcher: BatcherDep,
     top_k: Annotated[int | None, Query(ge=1, le=1000, description="also list the k likeliest classes")] = None,
+    include_input: Annotated[
+        bool, Query(description="also return what the model saw: each 28x28 input as a base64 PNG (`input_png`)")
+    ] = False,
 ) -> Response:
     """Classify images: multipart `file` fields, or one raw body with an image/* content type.
 
@@ -143,15 +165,21 @@ async def predict(
             batcher.refused(model)
             raise
         prepare = partial(prepare_uploads, opened, model.recipe, settings.max_image_pixels)
+        kept: list[np.ndarray] = []  # the inputs themselves, with include_input (the batcher returns probabilities)
+        if include_input:
+            prepare = partial(_keeping, prepare, kept)
         deadline = deadline_of(settings, started)
         heavy = is_heavy(pixels, len(images), settings)
         answer = batcher.submit(model, prepare, len(images), heavy=heavy, deadline=deadline)
     if (rows := await answer_or_gone(request, answer, deadline)) is None:
         return Response(status_code=CLIENT_GONE)  # nobody reads it; its work was dropped unrun
     # Built through PredictionBody: what leaves is what the OpenAPI document says.
+    seen = [input_png(pixels) for pixels in kept[0]] if kept else [None] * len(rows)
     bodies = [
-        PredictionBody.model_validate(Prediction(model.name, model.version, model.labels, row).to_json(top_k))
-        for row in rows
+        PredictionBody.model_validate(
+            {**Prediction(model.name, model.version, model.labels, row).to_json(top_k), "input_png": png}
+        )
+        for row, png in zip(rows, seen, strict=True)
     ]
     if len(images) == 1:
         return Response(bodies[0].model_dump_json(exclude_none=True), media_type="application/json")

@@ -1,0 +1,1 @@
+"""The browser pages' static files, served by app/routes/ui.py."""
