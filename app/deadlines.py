@@ -14,7 +14,7 @@ import time
 
 from fastapi import Request
 
-from app.core.batching import Probabilities
+from app.core.batching import Batcher, Probabilities
 from app.core.errors import DeadlineExceeded
 from app.core.settings import Settings
 
@@ -35,7 +35,7 @@ async def _disconnected(request: Request) -> None:
 
 
 async def answer_or_gone(
-    request: Request, answer: asyncio.Future[Probabilities], deadline: float
+    request: Request, batcher: Batcher, answer: asyncio.Future[Probabilities], deadline: float
 ) -> Probabilities | None:
     """The answer; None when the client went away first. Past `deadline`, DeadlineExceeded (504).
 
@@ -47,6 +47,7 @@ async def answer_or_gone(
         )
     finally:
         watch.cancel()
+        batcher.finished(answer)
     if answer in done:
         return answer.result()
     answer.cancel()

@@ -78,7 +78,7 @@ def test_queue_delay_past_its_target_sheds_and_a_late_request_is_never_run(tiny_
         blocker = batcher.submit(model, lambda: PIXELS)
         await asyncio.to_thread(gate.entered.wait, 10)  # the thread holds the blocker in forward
         batcher.admit(1, policy)  # nothing queued: admitted
-        late = batcher.submit(model, lambda: PIXELS, deadline=time.monotonic() + 0.05)
+        late = batcher.submit(model, lambda: PIXELS, deadline=time.monotonic() + 0.05, started=time.monotonic())
         on_time = batcher.submit(model, lambda: PIXELS)
         await asyncio.sleep(0.1)  # the oldest queued request has now waited > 50 ms: at least
         shed: BaseException | None = None

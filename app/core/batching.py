@@ -135,6 +135,11 @@ class Batcher:
         self._images_queued = 0
         self._seconds_per_image = 0.0
         self.shed: Counter[str] = Counter()  # reason -> requests shed or dropped unrun since start-up
+        # Event-loop side: each small request from its route's start until its route has the answer,
+        # oldest first (dicts keep insertion order). Under overload the time goes to the event loop's
+        # ready queue (each request passes it at its start and again after its answer), not only to
+        # the batching queue: the oldest of these is the process's queueing delay (CoDel's sojourn).
+        self._in_flight: dict[asyncio.Future[Probabilities], float] = {}
         for thread in self._threads:
             thread.start()
 
@@ -166,8 +171,8 @@ class Batcher:
         """Raise `Overloaded` when `images` more would queue too many or wait too long: cheap, O(1)."""
         with self._cond:
             queued = self._images_queued
-            oldest = self._queue[0].enqueued if self._queue else None
             cost = self._seconds_per_image
+        oldest = next(iter(self._in_flight.values()), None)
         if queued + images > policy.max_queued_images:
             self._shed("queue_full")
             raise Overloaded(f"{queued} images are queued in this process (at most {policy.max_queued_images})")
@@ -185,12 +190,19 @@ class Batcher:
         metrics.request_shed(reason)
 
     def submit(
-        self, model: LoadedModel, prepare: Prepare, images: int = 1, heavy: bool = False, deadline: float = math.inf
+        self,
+        model: LoadedModel,
+        prepare: Prepare,
+        images: int = 1,
+        heavy: bool = False,
+        deadline: float = math.inf,
+        started: float | None = None,
     ) -> asyncio.Future[Probabilities]:
         """Queue a request; `heavy`: run `prepare` in the large-image lane first, then queue its pixels.
 
         Unrun at `deadline` (time.monotonic()), it is answered DeadlineExceeded; cancel the future
-        (its client went away) and it is dropped unrun."""
+        (its client went away) and it is dropped unrun. `started`: when its request arrived; it
+        counts as in flight (see `admit`) until `finished` (a heavy request never: it is slow by design)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Probabilities] = loop.create_future()
         work = _Work(model, prepare, images, future, loop, time.monotonic(), deadline=deadline)
@@ -202,8 +214,14 @@ class Batcher:
             self._lane.submit(self._prepare_in_lane, work)
         else:
             self._enqueue(work, count=True)
+            if started is not None:
+                self._in_flight[future] = started
         metrics.track_in_flight(future, images)
         return future
+
+    def finished(self, future: asyncio.Future[Probabilities]) -> None:
+        """On the event loop: the route has its answer (or gave up): no longer in flight."""
+        self._in_flight.pop(future, None)
 
     def refused(self, model: LoadedModel) -> None:
         """A request refused before it was queued (from its images' headers: too large, not an image): a failure."""

@@ -170,8 +170,8 @@ async def predict(
             prepare = partial(_keeping, prepare, kept)
         deadline = deadline_of(settings, started)
         heavy = is_heavy(pixels, len(images), settings)
-        answer = batcher.submit(model, prepare, len(images), heavy=heavy, deadline=deadline)
-    if (rows := await answer_or_gone(request, answer, deadline)) is None:
+        answer = batcher.submit(model, prepare, len(images), heavy=heavy, deadline=deadline, started=started)
+    if (rows := await answer_or_gone(request, batcher, answer, deadline)) is None:
         return Response(status_code=CLIENT_GONE)  # nobody reads it; its work was dropped unrun
     # Built through PredictionBody: what leaves is what the OpenAPI document says.
     seen = [input_png(pixels) for pixels in kept[0]] if kept else [None] * len(rows)

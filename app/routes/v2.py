@@ -184,8 +184,8 @@ async def _infer(model: LoadedModel, request: Request, settings: Settings, batch
             batcher.refused(model)
             raise
         deadline = deadline_of(settings, started, parsed.timeout_s)
-        answer = batcher.submit(model, prepare, tensor.images, heavy=heavy, deadline=deadline)
-    if (rows := await answer_or_gone(request, answer, deadline)) is None:
+        answer = batcher.submit(model, prepare, tensor.images, heavy=heavy, deadline=deadline, started=started)
+    if (rows := await answer_or_gone(request, batcher, answer, deadline)) is None:
         return Response(status_code=CLIENT_GONE)  # nobody reads it; its work was dropped unrun
     return build_response(model, parsed, rows)
 
