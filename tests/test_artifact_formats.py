@@ -56,10 +56,10 @@ def flip_first_byte(path: Path, member_suffix: str) -> bytes:
 @pytest.mark.parametrize("name", ["mnist", "fashion"])
 def test_export_writes_both_formats_with_one_metadata(tiny_repository: Path, name: str) -> None:
     folder = tiny_repository / name / "1"
-    assert sorted(p.name for p in folder.iterdir()) == ["model.pt", "model.pt2"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model.pt", "model.pt2"]
     script_meta, export_meta = read_metadata(folder / "model.pt"), read_metadata(folder / "model.pt2")
     assert script_meta == export_meta
-    assert export_meta["formats"] == [TORCHSCRIPT, TORCH_EXPORT]
+    assert export_meta["formats"] == [TORCHSCRIPT, TORCH_EXPORT, "onnx"]
     with zipfile.ZipFile(folder / "model.pt2") as archive:  # embedded, not a sidecar
         assert "model/extra/metadata.json" in archive.namelist()
     # One digest for both: the program keeps ServedModel's state_dict keys, order and tensors.
@@ -100,7 +100,7 @@ def test_broken_or_foreign_files_are_artifact_errors(tiny_repository: Path, tmp_
     rewrite_archive(source, no_graph, {"models/model.json": None})
     with pytest.raises(ArtifactError, match=r"torch\.export load failed"):
         load_model(no_graph, CPU)
-    wrong_suffix = tmp_path / "1" / "model.onnx"
+    wrong_suffix = tmp_path / "1" / "model.tflite"
     shutil.copy(source, wrong_suffix)
     with pytest.raises(ArtifactError, match="unknown artifact suffix"):
         load_model(wrong_suffix, CPU)
@@ -131,7 +131,7 @@ def test_convert_adds_a_matching_pt2_and_refuses_the_wrong_architecture(
     folder.mkdir(parents=True)
     shutil.copy(tiny_repository / "fashion" / "1" / "model.pt", folder)
     assert convert_main([str(folder)]) == 0
-    assert sorted(p.name for p in folder.iterdir()) == ["model.pt", "model.pt2"]  # no staging left
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model.pt", "model.pt2"]  # no staging left
     script, program = load_model(folder / "model.pt", CPU), load_model(folder / "model.pt2", CPU)
     assert program.metadata["converted_from"]["file"] == "model.pt"
     assert {k: v for k, v in program.metadata.items() if k != "converted_from"} == script.metadata

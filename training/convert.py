@@ -103,7 +103,7 @@ def convert(folder: Path, force: bool = False, formats: tuple[str, ...] = tuple(
     source = folder / ARTIFACT_FILE
     wanted = [fmt for fmt in formats if force or not (folder / TARGETS[fmt]).exists()]
     if not wanted:
-        raise FileExistsError(f"{', '.join(str(folder / TARGETS[f]) for f in formats)} exist (use --force to replace)")
+        raise FileExistsError(f"{', '.join(TARGETS[f] for f in formats)}: each exists already (--force replaces)")
     if ONNX in wanted and (missing := onnx_exporter_missing()):
         raise ConversionError(
             f"cannot write {ONNX_FILE}: not installed: {missing} (pip install 'pixelserve[training]')"
