@@ -22,7 +22,7 @@ export function bars(list, entries, highlight) {
       fill.style.width = `${Math.max(0, Math.min(1, value)) * 100}%`;
       const item = el(
         "li",
-        { class: label === highlight ? "bar top" : "bar" },
+        { class: label === highlight ? "bar best" : "bar" },
         el("span", { class: "label" }, label),
         el("span", { class: "track", "aria-hidden": "true" }, fill),
         el("span", { class: "value" }, percent(value)),

@@ -60,11 +60,13 @@ async function watchJob(session, id) {
   }
 }
 
-// The server hot-loads a new version at its next repository poll: wait until it lists it.
+// The server hot-loads a new version at its next repository poll: wait until it serves it (or
+// lists it, when the model is pinned to another version and so keeps serving that one).
 async function showPublished(session, name, version) {
   for (let tries = 0; tries < 60; tries += 1) {
     await session.refreshModels();
-    if (session.models.get(name)?.versions.includes(version)) break;
+    const model = session.models.get(name);
+    if (model?.served_version === version || (model?.pinned && model.versions.includes(version))) break;
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
   }
   await session.showVersion(name, version);
