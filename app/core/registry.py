@@ -39,6 +39,9 @@ class ModelRegistry:
     errors: dict[str, str] = field(default_factory=dict)  # name -> why it (or its newest version) is not served
     refused: set[tuple[str, str]] = field(default_factory=set)  # (name, version) not to retry
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # The configured names as of the last refresh: get() answers from memory, so a request for an
+    # unknown name (cheap to send) never costs a directory listing.
+    _configured: frozenset[str] = field(default_factory=frozenset, repr=False)
 
     def expected_names(self) -> list[str]:
         return list(self.wanted) if self.wanted is not None else self.repository.model_names()
@@ -51,6 +54,7 @@ class ModelRegistry:
     def _refresh(self) -> list[str]:
         changed = []
         names = self.expected_names()
+        self._configured = frozenset(names)
         if self.wanted is None:  # models served until now whose folder has gone are looked at too
             names = sorted(set(names) | set(self.models))
         for name in names:
@@ -127,7 +131,7 @@ class ModelRegistry:
         model = self.models.get(name)
         if model is not None:
             return model
-        if name in self.expected_names():
+        if name in self._configured:
             raise NotReady(f"model {name!r} is not ready: {self.errors.get(name, 'loading')}")
         served = ", ".join(sorted(self.models)) or "none"
         raise ModelNotFound(f"no model named {name!r:.80}; served models: {served}")
