@@ -78,7 +78,15 @@ def traffic(url: str, ok: int, missing: int, unsupported: int) -> None:
 def server(tiny_repository: Path, tmp_path: Path, **env: str) -> Iterator[str]:
     port = free_port()
     log = tmp_path / "server.log"
-    variables = {"PIXELSERVE_MODEL_REPOSITORY": str(tiny_repository), "PIXELSERVE_WORKERS": "2", **env}
+    variables = {
+        "PIXELSERVE_MODEL_REPOSITORY": str(tiny_repository),
+        "PIXELSERVE_WORKERS": "2",
+        # Counting, not overload, is tested here: on a busy 2-core box the first forward passes of a
+        # fresh worker are slow enough for the default queue-delay target to shed some requests.
+        "PIXELSERVE_MAX_QUEUE_DELAY_MS": "30000",
+        "PIXELSERVE_REQUEST_TIMEOUT_S": "60",
+        **env,
+    }
     process = spawn(["-m", "app", "--port", str(port)], variables, log)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -84,6 +84,7 @@ RELOAD_FAILURES = Counter(
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _request_children: dict[tuple[str, str, str, str, str], tuple[Counter, Histogram]] = {}
+_model_children: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
 
 
 def status_class(status: int) -> str:
@@ -123,15 +124,25 @@ def track_in_flight(future: asyncio.Future[Any], images: int) -> None:
 def taken(model: str, enqueued_at: Sequence[float]) -> None:
     """A batch taken by an inference thread: how long each of its requests waited (time.monotonic() stamps)."""
     now = time.monotonic()
-    child = QUEUE_WAIT_SECONDS.labels(model)
+    child = _of_model(model)[2]
     for stamp in enqueued_at:
         if stamp > 0:  # 0: never queued with a stamp
             child.observe(now - stamp)
 
 
 def forward_pass(model: str, images: int, seconds: float) -> None:
-    BATCH_IMAGES.labels(model).observe(images)
-    FORWARD_SECONDS.labels(model).observe(seconds)
+    batch_images, forward_seconds, _ = _of_model(model)
+    batch_images.observe(images)
+    forward_seconds.observe(seconds)
+
+
+def _of_model(model: str) -> tuple[Histogram, Histogram, Histogram]:
+    """The batcher's label children of one model, cached: .labels() costs as much as an observation."""
+    children = _model_children.get(model)
+    if children is None:  # names of loaded models only: bounded
+        children = (BATCH_IMAGES.labels(model), FORWARD_SECONDS.labels(model), QUEUE_WAIT_SECONDS.labels(model))
+        _model_children[model] = children
+    return children
 
 
 def request_shed(reason: str) -> None:
@@ -145,10 +156,7 @@ def request_shed(reason: str) -> None:
 def model_loaded(model: str, version: str) -> None:
     MODEL_LOADS.labels(model, version).inc()
     SERVED_VERSION.labels(model).set(int(version) if version.isdigit() else 0)
-    # Series at 0 from the start, so rate() over them is defined before the first request.
-    BATCH_IMAGES.labels(model)
-    FORWARD_SECONDS.labels(model)
-    QUEUE_WAIT_SECONDS.labels(model)
+    _of_model(model)  # series at 0 from the start: rate() over them is defined before the first request
 
 
 def model_refused(model: str, version: str) -> None:
