@@ -30,6 +30,7 @@ from app.openapi import install_openapi
 from app.request_metrics import RequestMetrics
 from app.routes import ADMIN_ROUTERS, api_router
 from app.routes.metrics import router as metrics_router
+from app.shed_early import ShedEarly
 
 logger = logging.getLogger("pixelserve")
 
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     admin_routes = [route for router in ADMIN_ROUTERS for route in router.routes]
     app.add_middleware(AdminGate, settings=settings, admin_routes=admin_routes)
+    app.add_middleware(ShedEarly, settings=settings)  # under overload, 503 before routing (app/shed_early.py)
     app.add_middleware(CatchAll, access_log=settings.access_log)  # added last: the outermost, around everything above
     app.add_middleware(RequestMetrics)  # outermost: counts CatchAll's 500s too, times the whole request
     return app

@@ -167,21 +167,33 @@ class Batcher:
         with self._cond:
             return self._images_queued
 
+    def pressure(self, policy: OverloadPolicy, images: int = 1) -> tuple[str, str] | None:
+        """(reason, message) when `images` more would be shed now (queue_full, queue_delay), else None.
+
+        O(1). The edge (app/shed_early.py) asks it before reading a body, so shedding costs little
+        more than reading it; `admit` asks again with the request's real image count."""
+        queued = self._images_queued
+        if queued + images > policy.max_queued_images:
+            return "queue_full", f"{queued} images are queued in this process (at most {policy.max_queued_images})"
+        oldest = next(iter(self._in_flight.values()), None)
+        waited = time.monotonic() - oldest if oldest is not None else 0.0
+        delay = max(waited, queued * self._seconds_per_image / len(self._threads))
+        if delay > policy.max_queue_delay_s:
+            target_ms = policy.max_queue_delay_s * 1000
+            return "queue_delay", f"the queue is {delay * 1000:.0f} ms long in this process (target {target_ms:.0f} ms)"
+        return None
+
+    def shed_early(self, reason: str) -> None:
+        """Count a request the edge shed for `reason` (see `pressure`)."""
+        self._shed(reason)
+
     def admit(self, images: int, policy: OverloadPolicy) -> None:
         """Raise `Overloaded` when `images` more would queue too many or wait too long: cheap, O(1)."""
         with self._cond:
-            queued = self._images_queued
-            cost = self._seconds_per_image
-        oldest = next(iter(self._in_flight.values()), None)
-        if queued + images > policy.max_queued_images:
-            self._shed("queue_full")
-            raise Overloaded(f"{queued} images are queued in this process (at most {policy.max_queued_images})")
-        waited = time.monotonic() - oldest if oldest is not None else 0.0
-        expected = queued * cost / len(self._threads)
-        if (delay := max(waited, expected)) > policy.max_queue_delay_s:
-            self._shed("queue_delay")
-            target_ms = policy.max_queue_delay_s * 1000
-            raise Overloaded(f"the queue is {delay * 1000:.0f} ms long in this process (target {target_ms:.0f} ms)")
+            verdict = self.pressure(policy, images)
+        if verdict is not None:
+            self._shed(verdict[0])
+            raise Overloaded(verdict[1])
 
     def _shed(self, reason: str) -> None:
         """queue_full, queue_delay (503 at admission), deadline (504 unrun), disconnected (dropped unrun)."""
