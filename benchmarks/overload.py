@@ -210,11 +210,21 @@ def main() -> None:
     )
     print(table)
     raw = {
-        "saturation": saturation.__dict__, "offered_per_s": rate, "goodput_per_s": goodput, "answers_per_s": answers,
-        "statuses": dict(outcomes.statuses), "ok_p50_ms": ok_p50, "ok_p99_ms": ok_p99,
-        "shed_p99_ms": percentile(outcomes.shed_ms, 99), "connections": outcomes.connections,
-        "closed_by_server": outcomes.errors, "backlog_left": left, "rss_before": rss_before, "rss_after": rss_after, "settings": args.env,
-    }  # fmt: skip
+        "saturation": saturation.__dict__,
+        "offered_per_s": rate,
+        "goodput_per_s": goodput,
+        "answers_per_s": answers,
+        "statuses": dict(outcomes.statuses),
+        "ok_p50_ms": ok_p50,
+        "ok_p99_ms": ok_p99,
+        "shed_p99_ms": percentile(outcomes.shed_ms, 99),
+        "connections": outcomes.connections,
+        "closed_by_server": outcomes.errors,
+        "backlog_left": left,
+        "rss_before": rss_before,
+        "rss_after": rss_after,
+        "settings": args.env,
+    }
     write_results(ROOT / "benchmarks" / "results", "overload", table + "\n", raw)
 
 
