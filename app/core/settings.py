@@ -139,12 +139,6 @@ class Settings(CommonSettings):
         le=65535,
         description="serve Prometheus /metrics on this port (all workers merged) instead of the main port",
     )
-    metrics_port: int | None = Field(
-        None,
-        ge=1,
-        le=65535,
-        description="serve Prometheus /metrics on this port (all workers merged) instead of the main port",
-    )
     access_log: bool = Field(True, description="one structured line per request (uvicorn's own access log is off)")
     ui: bool = Field(True, description="serve the playground (/ui; / redirects there) and admin console (/ui/admin)")
     admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes; unset: they refuse")
