@@ -3,7 +3,7 @@
     python -m benchmarks.litserve_app --artifact models/mnist/1/model.pt --port 8000
 
 LitServe parses the multipart form in its API server process and hands it to one inference worker
-process, which decodes each `file` upload with `app.core.inference.preprocess` and runs batches of up to
+process, which decodes each `file` upload with `app.core.inference.to_model_input` and runs batches of up to
 `--max-batch-size` through `app.core.inference.run_model`. Answers POST /predict with pixelserve's JSON.
 """
 
@@ -17,7 +17,7 @@ import torch
 from fastapi import Request
 
 from app.core.artifacts import LoadedModel, load_model
-from app.core.inference import Prediction, preprocess, run_model
+from app.core.inference import Prediction, run_model, to_model_input
 from app.core.settings import Settings
 
 MAX_PIXELS: int = Settings.model_fields["max_image_pixels"].default
@@ -41,7 +41,7 @@ class DigitAPI(ls.LitAPI):  # type: ignore[misc]
     # `Request` makes it pass the parsed multipart form (a FormData, not the Request itself).
     def decode_request(self, request: Request, **kwargs: Any) -> np.ndarray:
         upload = request["file"]
-        return preprocess(upload.file.read(), self._loaded().recipe, MAX_PIXELS)
+        return to_model_input(upload.file.read(), self._loaded().recipe, MAX_PIXELS)
 
     def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
         return np.stack(inputs)

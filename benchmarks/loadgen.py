@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,7 @@ local prepared = {}
 local counter = 0
 
 function init(args)
-  local headers = {["Content-Type"] = "multipart/form-data; boundary=%(boundary)s"}
+  local headers = {["Content-Type"] = %(content_type)s}
   for i, name in ipairs(body_files) do
     local handle = assert(io.open(name, "rb"))
     local body = handle:read("*a")
@@ -83,18 +85,33 @@ def content_type() -> str:
     return f"multipart/form-data; boundary={BOUNDARY}"
 
 
-def write_lua_script(folder: Path, samples: list[Sample], predict_path: str) -> Path:
+def oip_body(png: bytes) -> bytes:
+    """An Open Inference Protocol v2 JSON request: the PNG as a BYTES input of shape [1, 1], base64 text.
+
+    JSON carries BYTES as strings, so the bytes travel as base64 (a 28x28 PNG: about 400 characters).
+    """
+    text = base64.b64encode(png).decode()
+    return json.dumps({"inputs": [{"name": "IMAGE", "shape": [1, 1], "datatype": "BYTES", "data": [text]}]}).encode()
+
+
+# How each variant's requests are encoded (Variant.body_format): body builder and Content-Type.
+BODY_FORMATS: dict[str, tuple[Callable[[bytes], bytes], Callable[[], str]]] = {
+    "multipart": (multipart_body, content_type),
+    "oip-json": (oip_body, lambda: "application/json"),
+}
+
+
+def write_lua_script(folder: Path, samples: list[Sample], predict_path: str, body_format: str = "multipart") -> Path:
     """Body files plus a Lua script that POSTs them in turn; returns the script's path."""
+    encode, kind = BODY_FORMATS[body_format]
     files = []
     for index, sample in enumerate(samples):
         path = folder / f"body-{index}.bin"
-        path.write_bytes(multipart_body(sample.png))
+        path.write_bytes(encode(sample.png))
         files.append(json.dumps(str(path)))
     script = folder / "predict.lua"
-    script.write_text(
-        _LUA_TEMPLATE
-        % {"files": ", ".join(files), "path": json.dumps(predict_path), "boundary": BOUNDARY, "marker": RESULT_MARKER}
-    )
+    values = {"files": ", ".join(files), "path": json.dumps(predict_path), "marker": RESULT_MARKER}
+    script.write_text(_LUA_TEMPLATE % {**values, "content_type": json.dumps(kind())})
     return script
 
 

@@ -43,6 +43,12 @@ class Variant:
     extra_ports: tuple[str, ...] = ()
     missing: Callable[[], str | None] = _nothing_missing
     prepare: Callable[[Path, Mapping[str, str]], None] | None = None
+    # What its bare ceiling is (benchmarks/ceiling.py): the processes running the model, and whether
+    # they batch (compared with batches of 16) or run one image per forward (compared with batches of 1).
+    processes: int = 1
+    batches: bool = True
+    body_format: str = "multipart"  # or "oip-json" (benchmarks.loadgen.BODY_FORMATS)
+    cleanup: Callable[[Path, Mapping[str, str]], None] | None = None  # after the server stopped (Triton's shm)
 
 
 @dataclass(frozen=True)
@@ -201,3 +207,5 @@ def running(
             yield Server(variant, process, base_url, variant.predict_path.format(**values), log_path)
         finally:
             _stop(process)
+            if variant.cleanup is not None:
+                variant.cleanup(scratch, values)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from app.core.artifacts import LoadedModel, load_model
-from app.core.inference import Prediction, preprocess, run_model
+from app.core.inference import Prediction, run_model, to_model_input
 from app.core.settings import Settings
 
 MAX_PIXELS: int = Settings.model_fields["max_image_pixels"].default
@@ -44,6 +44,6 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[dict[str, ob
     model = _model(context)
     if data is None:  # the load-time call
         return None
-    pixels = np.stack([preprocess(_upload(request), model.recipe, MAX_PIXELS) for request in data])
+    pixels = np.stack([to_model_input(_upload(request), model.recipe, MAX_PIXELS) for request in data])
     rows = run_model(model, pixels)
     return [Prediction(model.name, model.version, model.labels, row).to_json() for row in rows]

@@ -1,4 +1,4 @@
-"""The servers `benchmarks.serve` compares: pixelserve, a plain endpoint, LitServe and TorchServe.
+"""The servers `benchmarks.serve` compares: pixelserve, a plain endpoint, LitServe, TorchServe and Triton.
 
 All serve the same model.pt with pixelserve's preprocessing (`app.core.inference`), one torch thread per
 process, and answer the same multipart upload (`file` field) with JSON holding a `label`. To add a
@@ -12,7 +12,7 @@ from importlib.util import find_spec
 
 from app.core.settings import Settings
 from app.http_protocol import UVICORN_HTTP
-from benchmarks import torchserve_setup
+from benchmarks import torchserve_setup, triton_setup
 from benchmarks.servers import HOST, Variant
 
 # Same uvicorn options for the uvicorn variants; access logging is off so it does not weigh on the numbers.
@@ -62,6 +62,8 @@ def _pixelserve(name: str, settings: Mapping[str, str] | None = None, note: str 
     """pixelserve with its default settings, or with `settings` (PIXELSERVE_* variables) on top."""
     env = {**PIXELSERVE_ENV, **(settings or {})}
     return Variant(
+        processes=int(_uvicorn_workers(PIXELSERVE_COMMAND)),
+        batches=env.get("PIXELSERVE_MAX_BATCH_SIZE") != "1",
         name=name,
         command=PIXELSERVE_COMMAND,
         env=env,
@@ -82,6 +84,7 @@ VARIANTS: tuple[Variant, ...] = (
         ready_path="/health",
         predict_path="/predict/{model}",
         settings="no batching, sync route in FastAPI's thread pool, Pillow resize (no recipe), 1 uvicorn worker",
+        batches=False,
     ),
     Variant(
         name="litserve",
@@ -110,6 +113,7 @@ VARIANTS: tuple[Variant, ...] = (
             f"{LITSERVE_WORKERS} inference worker process + 1 API server process (uvicorn), logs at WARNING"
         ),
         missing=_litserve_missing,
+        processes=LITSERVE_WORKERS,
     ),
     Variant(
         name="torchserve",
@@ -140,6 +144,20 @@ VARIANTS: tuple[Variant, ...] = (
         extra_ports=("management_port", "metrics_port"),
         missing=torchserve_setup.missing,
         prepare=torchserve_setup.prepare,
+        processes=torchserve_setup.WORKERS,
+    ),
+    Variant(
+        name="triton",
+        command=triton_setup.command(),
+        env=triton_setup.environment(),
+        ready_path="/v2/health/ready",
+        predict_path="/v2/models/{model}/infer",
+        settings=triton_setup.SETTINGS,
+        missing=triton_setup.missing,
+        prepare=triton_setup.prepare,
+        cleanup=triton_setup.cleanup,
+        processes=triton_setup.INSTANCES,
+        body_format="oip-json",
     ),
 )
 

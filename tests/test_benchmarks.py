@@ -48,10 +48,10 @@ def test_serve_benchmark_quick(tiny_repository: Path, tmp_path: Path) -> None:
 @pytest.mark.skipif(not os.environ.get("PIXELSERVE_BENCH_PEERS"), reason="set PIXELSERVE_BENCH_PEERS=1 (30-60 s)")
 def test_serve_benchmark_peers_quick(tiny_repository: Path, tmp_path: Path) -> None:
     require_wrk()
-    out = run(["-m", "benchmarks.serve", "--quick", "--variants", "litserve", "torchserve",
+    out = run(["-m", "benchmarks.serve", "--quick", "--variants", "litserve", "torchserve", "triton",
                "--repository", str(tiny_repository), "--data-dir", str(DATA_ROOT / "mnist"),
                "--results-dir", str(tmp_path)])  # fmt: skip
-    assert "| litserve | 1 |" in out and "| torchserve | 1 |" in out, out
+    assert "| litserve | 1 |" in out and "| torchserve | 1 |" in out and "| triton | 1 |" in out, out
 
 
 @pytest.fixture()
@@ -103,6 +103,20 @@ def test_torchserve_archive_and_config(tiny_repository: Path, tmp_path: Path) ->
     assert '"batchSize": 16' in config and "disable_token_authorization=true" in config
     assert (tmp_path / "model-store" / "mnist" / "MAR-INF" / "MANIFEST.json").is_file()
     assert (tmp_path / "model-store" / "mnist" / "model.pt").is_file()
+
+
+def test_triton_model_repository(tiny_repository: Path, tmp_path: Path) -> None:
+    from benchmarks import triton_setup
+
+    if triton_setup.missing() is not None:
+        pytest.skip(f"Triton: {triton_setup.missing()}")
+    values = {"model": "fashion", "artifact": str(tiny_repository / "fashion" / "1" / "model.pt"), "port": "18090"}
+    triton_setup.prepare(tmp_path, values)
+    config = (tmp_path / "models" / "fashion" / "config.pbtxt").read_text()
+    assert 'backend: "python"' in config and "max_queue_delay_microseconds: 2000" in config
+    assert "count: 2, kind: KIND_CPU" in config and "dims: [ 10 ]" in config
+    assert (tmp_path / "backends" / "python" / "triton_python_backend_stub").is_file()
+    assert (tmp_path / "models" / "fashion" / "1" / "model.py").read_text().startswith('"""Triton python-backend')
 
 
 def test_accuracy_benchmark_quick(tmp_path: Path) -> None:
