@@ -19,7 +19,7 @@ from PIL import Image
 
 from app.core.batching import Batcher
 from app.core.imaging import WORKING_SIDE, decoded_size
-from app.core.inference import preprocess
+from app.core.inference import to_model_input
 from app.core.settings import Settings
 from app.main import create_app
 from tests.helpers import encode
@@ -104,8 +104,8 @@ def test_a_big_jpeg_decodes_through_draft_and_is_counted_as_drafted(app_client: 
     assert decoded_size(huge, Settings().max_image_pixels) == (1000, 750)
     response = app_client.post("/predict/mnist", content=photo, headers={"Content-Type": "image/jpeg"})
     assert response.status_code == 200
-    full = preprocess(encode(draw_digit(4, size=2400).resize((4000, 3000)), "PNG"), "digit", 40_000_000)
-    drafted = preprocess(photo, "digit", 40_000_000)
+    full = to_model_input(encode(draw_digit(4, size=2400).resize((4000, 3000)), "PNG"), "digit", 40_000_000)
+    drafted = to_model_input(photo, "digit", 40_000_000)
     assert float(np.abs(drafted - full).mean()) < 0.03  # the recipe sees the same digit
 
 
