@@ -22,7 +22,7 @@ from app.core.settings import Settings
 from app.main import create_app
 from tests.helpers import encode
 from tests.images import draw_digit
-from tests.processes import free_port, start_replica, stop, wait_ready
+from tests.processes import replicas
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -53,19 +53,14 @@ def with_version(source: Path, version: str) -> bytes:
 @pytest.fixture(scope="module")
 def server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     logs = tmp_path_factory.mktemp("server")
-    port, log = free_port(), logs / "server.log"
     env = {
         "PIXELSERVE_MODEL_REPOSITORY": str(tiny_repository),
         "PIXELSERVE_ADMIN_TOKEN": TOKEN,
         "PIXELSERVE_JOB_STORE_URL": f"sqlite:///{logs / 'jobs.sqlite'}",
         "PIXELSERVE_RELOAD_INTERVAL_S": "0",
     }
-    process = start_replica(env, port, log)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", process)
-        yield f"127.0.0.1:{port}", log
-    finally:
-        stop(process)
+    with replicas(env, 1, logs) as (url,):
+        yield url.removeprefix("http://"), logs / "replica-0.log"
 
 
 def raw_request(address: str, head: str, body: bytes = b"", read: bool = True) -> bytes:

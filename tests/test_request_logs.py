@@ -18,7 +18,7 @@ import pytest
 from app.core import logs
 from tests.helpers import encode
 from tests.images import draw_digit
-from tests.processes import free_port, spawn, start_replica, stop, wait_ready
+from tests.processes import replicas, spawn, stop
 
 IMAGE = encode(draw_digit(4))
 
@@ -30,14 +30,9 @@ def json_lines(log: Path) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     folder = tmp_path_factory.mktemp("logs")
-    port, log = free_port(), folder / "server.log"
     env = {"PIXELSERVE_MODEL_REPOSITORY": str(tiny_repository), "PIXELSERVE_LOG_FORMAT": "json"}
-    process = start_replica(env, port, log)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", process)
-        yield f"http://127.0.0.1:{port}", log
-    finally:
-        stop(process)
+    with replicas(env, 1, folder) as (url,):
+        yield url, folder / "replica-0.log"
 
 
 def access_lines(log: Path, request_id: str) -> list[dict[str, Any]]:
@@ -74,6 +69,7 @@ def test_unknown_model_logs_the_route_template_not_a_model(server: tuple[str, Pa
 def test_every_line_of_a_request_carries_its_id(server: tuple[str, Path]) -> None:
     url, log = server
     httpx.post(f"{url}/predict/mnist", content=b"\x89PNG\r\n\x1a\n" + b"0" * 64, headers={"X-Request-ID": "req-c3"})
+    assert access_lines(log, "req-c3")  # waits for the access line, written after the answer
     lines = [line for line in json_lines(log) if line.get("request_id") == "req-c3"]
     assert lines and all(line["request_id"] == "req-c3" for line in lines)
 

@@ -73,8 +73,11 @@ def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     formatter.converter = time.gmtime  # times in UTC, as the JSON lines' "Z" says
     handler.setFormatter(formatter)
     handler.addFilter(_ContextFilter())
+    handler.set_name("pixelserve")
     root = logging.getLogger()
-    root.handlers = [handler]
+    # Ours replaces an earlier one of ours (create_app may run twice in a process); anything else
+    # attached to the root (a test's log capture, an embedding program's handlers) stays.
+    root.handlers = [h for h in root.handlers if h.get_name() != "pixelserve"] + [handler]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error"):  # their own handlers would print a second, unformatted line
         logging.getLogger(name).handlers = []
