@@ -49,7 +49,8 @@ def tritonserver_folder() -> Path:
 
 def _interpreter_libdir() -> str:
     """The folder of the libpython the Triton venv's interpreter runs on (pyvenv.cfg's home is its bin)."""
-    for line in (VENV / "pyvenv.cfg").read_text().splitlines():
+    config = VENV / "pyvenv.cfg"
+    for line in config.read_text().splitlines() if config.is_file() else ():  # not installed: never started
         key, _, value = line.partition("=")
         if key.strip() == "home":
             return str(Path(value.strip()).parent / "lib")
