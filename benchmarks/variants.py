@@ -77,6 +77,11 @@ VARIANTS: tuple[Variant, ...] = (
     _pixelserve("pixelserve"),
     _pixelserve("pixelserve-unbatched", {"PIXELSERVE_MAX_BATCH_SIZE": "1"}),
     _pixelserve("pixelserve-pt2", {"PIXELSERVE_ARTIFACT_FORMAT": "torch.export"}, ", serving model.pt2 (torch.export)"),
+    _pixelserve(
+        "pixelserve-onnxruntime",
+        {"PIXELSERVE_RUNTIME": "onnxruntime"},
+        ", serving model.onnx with ONNX Runtime (model.pt where it is missing or onnxruntime is absent)",
+    ),
     Variant(
         name="plain",
         command=(*UVICORN, "--factory", "benchmarks.plain_app:create_app"),
