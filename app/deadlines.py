@@ -14,7 +14,8 @@ import time
 
 from fastapi import Request
 
-from app.core.batching import Batcher, Probabilities
+from app.core.batch_work import Probabilities
+from app.core.batching import Batcher
 from app.core.errors import DeadlineExceeded
 from app.core.settings import Settings
 

@@ -12,18 +12,14 @@ A request whose images are costly to decode (`heavy`: many pixels, app/core/uplo
 prepared in the large-image lane, one thread of its own, and joins the queue as plain pixels: a big
 upload then delays other big uploads, never the forward passes of everyone else's small ones.
 
-Overload: latency must not grow without bound past saturation. `admit` sheds a request (503,
-`Overloaded`) when the queue holds too many images, or when the queueing delay is past a target:
-the oldest queued request has waited longer, or the queued images times the measured cost of one
-image would take longer (CoDel's idea: bound the time spent queued, not only the count). A queued
-request past its deadline is answered `DeadlineExceeded` (504), and one whose future was cancelled
-(the route saw its client disconnect) is dropped; neither is decoded nor run.
+Overload (app/core/admission.py): `admit` sheds a request (503) past the queue's bound or delay
+target. A queued request past its deadline is answered `DeadlineExceeded` (504), and one whose
+future was cancelled (its client disconnected) is dropped; neither is decoded nor run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import threading
@@ -32,82 +28,20 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 import torch
 
 from app.core import metrics
+from app.core.admission import Admission
 from app.core.artifacts import LoadedModel
+from app.core.batch_work import BatchCounters, Prepare, Probabilities, Work, given, hand_back, reraise
 from app.core.errors import DeadlineExceeded, Overloaded
 from app.core.inference import run_model
 from app.core.settings import BatchPolicy, OverloadPolicy
 
 logger = logging.getLogger("pixelserve.batching")
-
-Probabilities = list[list[float]]  # [k, C] for one request's k images
-Prepare = Callable[[], np.ndarray]  # -> float32 [k, 28, 28] in [0, 1]; raises PixelserveError on bad input
-
-
-@dataclass
-class BatchCounters:
-    """What batching did for one model since start-up: GET /models/{name} shows it."""
-
-    requests: int = 0
-    images: int = 0
-    batches: int = 0
-    failed_requests: int = 0
-    sizes: Counter[int] = field(default_factory=Counter)  # images per forward pass -> passes
-
-    def record(self, requests: int, images: int, failed: int) -> None:
-        self.requests += requests
-        self.failed_requests += failed
-        if images:
-            self.images += images
-            self.batches += 1
-            self.sizes[images] += 1
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "requests": self.requests,
-            "images": self.images,
-            "forward_passes": self.batches,
-            "failed_requests": self.failed_requests,
-            "mean_batch_size": round(self.images / self.batches, 3) if self.batches else None,
-            "batch_sizes": {str(size): count for size, count in sorted(self.sizes.items())},
-        }
-
-
-@dataclass
-class _Work:
-    model: LoadedModel
-    prepare: Prepare
-    images: int  # how many images the request holds (known before decoding: one per file)
-    future: asyncio.Future[Probabilities]
-    loop: asyncio.AbstractEventLoop
-    enqueued: float
-    result: Probabilities | BaseException | None = None
-    deadline: float = math.inf  # time.monotonic() past which it is dropped unrun (504)
-
-
-def _given(pixels: np.ndarray) -> np.ndarray:
-    return pixels
-
-
-def _reraise(exc: BaseException) -> np.ndarray:
-    raise exc
-
-
-def _resolve(batch: list[_Work]) -> None:
-    """On the event loop: hand each request its answer (unless its client has gone)."""
-    for work in batch:
-        if work.future.done():
-            continue
-        if isinstance(work.result, BaseException):
-            work.future.set_exception(work.result)
-        else:
-            work.future.set_result(work.result or [])
 
 
 class Batcher:
@@ -119,7 +53,7 @@ class Batcher:
         # and the two sum in different orders (answers 1e-7 apart for the same image).
         self._torch_threads = torch_threads
         self._policy_for = policy_for
-        self._queue: deque[_Work] = deque()
+        self._queue: deque[Work] = deque()
         self._cond = threading.Condition()
         self._arriving = 0  # requests being received: worth waiting for
         self._waiting = False
@@ -134,12 +68,7 @@ class Batcher:
         # and the inference threads' measured seconds per image (moving average), for `admit`.
         self._images_queued = 0
         self._seconds_per_image = 0.0
-        self.shed: Counter[str] = Counter()  # reason -> requests shed or dropped unrun since start-up
-        # Event-loop side: each small request from its route's start until its route has the answer,
-        # oldest first (dicts keep insertion order). Under overload the time goes to the event loop's
-        # ready queue (each request passes it at its start and again after its answer), not only to
-        # the batching queue: the oldest of these is the process's queueing delay (CoDel's sojourn).
-        self._in_flight: dict[asyncio.Future[Probabilities], float] = {}
+        self._admission = Admission()
         for thread in self._threads:
             thread.start()
 
@@ -168,20 +97,8 @@ class Batcher:
             return self._images_queued
 
     def pressure(self, policy: OverloadPolicy, images: int = 1) -> tuple[str, str] | None:
-        """(reason, message) when `images` more would be shed now (queue_full, queue_delay), else None.
-
-        O(1). The edge (app/shed_early.py) asks it before reading a body, so shedding costs little
-        more than reading it; `admit` asks again with the request's real image count."""
-        queued = self._images_queued
-        if queued + images > policy.max_queued_images:
-            return "queue_full", f"{queued} images are queued in this process (at most {policy.max_queued_images})"
-        oldest = next(iter(self._in_flight.values()), None)
-        waited = time.monotonic() - oldest if oldest is not None else 0.0
-        delay = max(waited, queued * self._seconds_per_image / len(self._threads))
-        if delay > policy.max_queue_delay_s:
-            target_ms = policy.max_queue_delay_s * 1000
-            return "queue_delay", f"the queue is {delay * 1000:.0f} ms long in this process (target {target_ms:.0f} ms)"
-        return None
+        """(reason, message) when `images` more would be shed now, else None (app/core/admission.py)."""
+        return self._admission.verdict(policy, self._images_queued, images, self._seconds_per_image, len(self._threads))
 
     def shed_early(self, reason: str) -> None:
         """Count a request the edge shed for `reason` (see `pressure`)."""
@@ -196,10 +113,12 @@ class Batcher:
             raise Overloaded(verdict[1])
 
     def _shed(self, reason: str) -> None:
-        """queue_full, queue_delay (503 at admission), deadline (504 unrun), disconnected (dropped unrun)."""
-        with self._counters_lock:
-            self.shed[reason] += 1
-        metrics.request_shed(reason)
+        self._admission.record(reason)
+
+    @property
+    def shed(self) -> Counter[str]:
+        """Reason -> requests shed or dropped unrun since start-up."""
+        return self._admission.shed
 
     def submit(
         self,
@@ -217,7 +136,7 @@ class Batcher:
         counts as in flight (see `admit`) until `finished` (a heavy request never: it is slow by design)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Probabilities] = loop.create_future()
-        work = _Work(model, prepare, images, future, loop, time.monotonic(), deadline=deadline)
+        work = Work(model, prepare, images, future, loop, time.monotonic(), deadline=deadline)
         if heavy:
             with self._cond:
                 if self._closing:
@@ -227,20 +146,20 @@ class Batcher:
         else:
             self._enqueue(work, count=True)
             if started is not None:
-                self._in_flight[future] = started
+                self._admission.started(future, started)
         metrics.track_in_flight(future, images)
         return future
 
     def finished(self, future: asyncio.Future[Probabilities]) -> None:
         """On the event loop: the route has its answer (or gave up): no longer in flight."""
-        self._in_flight.pop(future, None)
+        self._admission.finished(future)
 
     def refused(self, model: LoadedModel) -> None:
         """A request refused before it was queued (from its images' headers: too large, not an image): a failure."""
         with self._counters_lock:
             self.counters.setdefault(model.name, BatchCounters()).record(1, 0, 1)
 
-    def _enqueue(self, work: _Work, count: bool = False) -> None:
+    def _enqueue(self, work: Work, count: bool = False) -> None:
         with self._cond:
             if self._closing:
                 raise RuntimeError("the batcher is shut down")
@@ -250,19 +169,19 @@ class Batcher:
             metrics.enqueued(work.images)
             self._cond.notify()
 
-    def _prepare_in_lane(self, work: _Work) -> None:
+    def _prepare_in_lane(self, work: Work) -> None:
         """In the lane thread: decode, then queue the pixels (or the error, so it is counted as any failure)."""
         with self._counters_lock:
             self.lane_requests += 1
         if self._drop_if_gone(work, time.monotonic()):  # never decode for nobody
             with self._cond:
                 self._images_queued -= work.images
-            self._hand_back([work])
+            hand_back([work])
             return
         try:
-            ready = partial(_given, work.prepare())
+            ready = partial(given, work.prepare())
         except Exception as exc:  # its own 4xx (or 500), raised again by the inference thread
-            ready = partial(_reraise, exc)
+            ready = partial(reraise, exc)
         work.prepare, work.enqueued = ready, time.monotonic()
         self._enqueue(work)
 
@@ -280,7 +199,7 @@ class Batcher:
     def _queued_images(self, model: LoadedModel) -> int:
         return sum(work.images for work in self._queue if work.model is model)
 
-    def _next_batch(self) -> list[_Work] | None:
+    def _next_batch(self) -> list[Work] | None:
         with self._cond:
             while not self._queue:
                 if self._closing:
@@ -298,9 +217,9 @@ class Batcher:
                 self._waiting = True
                 self._cond.wait(remaining)
             self._waiting = False
-            batch: list[_Work] = []
-            gone: list[_Work] = []
-            rest: deque[_Work] = deque()
+            batch: list[Work] = []
+            gone: list[Work] = []
+            rest: deque[Work] = deque()
             images = 0
             now = time.monotonic()
             for work in self._queue:
@@ -315,10 +234,10 @@ class Batcher:
             self._queue = rest
             metrics.queue_left(sum(work.images for work in rest))
             self._images_queued -= images + sum(work.images for work in gone)
-            self._hand_back(gone)
+            hand_back(gone)
             return batch  # empty when every request of head's model was gone
 
-    def _drop_if_gone(self, work: _Work, now: float) -> bool:
+    def _drop_if_gone(self, work: Work, now: float) -> bool:
         """Past its deadline (answered 504) or cancelled by its route (client gone): never prepared nor run."""
         if now > work.deadline:  # first: the route also cancels a future at its deadline
             waited = now - work.enqueued
@@ -330,16 +249,7 @@ class Batcher:
             return True
         return False
 
-    def _hand_back(self, works: list[_Work]) -> None:
-        """Resolve each request's future on its own event loop, one callback per loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Work]] = {}
-        for work in works:
-            by_loop.setdefault(work.loop, []).append(work)
-        for loop, batch in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting
-                loop.call_soon_threadsafe(_resolve, batch)
-
-    def _measure(self, batch: list[_Work], seconds: float) -> None:
+    def _measure(self, batch: list[Work], seconds: float) -> None:
         """The moving average of one image's cost (prepare + forward, as the GIL is shared now), for `admit`."""
         images = sum(work.images for work in batch)
         with self._cond:
@@ -362,12 +272,12 @@ class Batcher:
                     if work.result is None:
                         work.result = exc
             self._measure(batch, time.monotonic() - started)
-            self._hand_back(batch)
+            hand_back(batch)
 
-    def _execute(self, batch: list[_Work]) -> None:
+    def _execute(self, batch: list[Work]) -> None:
         model = batch[0].model
         metrics.taken(model.name, [work.enqueued for work in batch])
-        ready: list[tuple[_Work, np.ndarray]] = []
+        ready: list[tuple[Work, np.ndarray]] = []
         for work in batch:
             try:
                 pixels = work.prepare()  # [k, 28, 28]

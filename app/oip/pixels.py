@@ -19,7 +19,7 @@ from functools import partial
 import numpy as np
 from PIL import Image
 
-from app.core.batching import Prepare
+from app.core.batch_work import Prepare
 from app.core.errors import InvalidImage, InvalidInferenceRequest, PixelserveError
 from app.core.inference import to_model_input
 from app.core.settings import Settings

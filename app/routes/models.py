@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from app.bodies import BatchingInfo, ModelDetail, ModelSummary, VersionDetail, VersionInfo
 from app.core.artifacts import ArtifactError, public_metadata, read_metadata
-from app.core.batching import BatchCounters
+from app.core.batch_work import BatchCounters
 from app.core.errors import Conflict, ModelNotFound, VersionNotFound
 from app.core.registry import ModelRegistry
 from app.deps import BatcherDep, RegistryDep
