@@ -159,6 +159,11 @@ def environment_line(args: argparse.Namespace, versions: dict[str, str]) -> str:
     )
 
 
+def _goodput(result: WrkResult) -> float:
+    """Answers that are predictions (2xx) per second: req/s counts the 503s overload control sends too."""
+    return (result.requests - result.non_2xx) / result.seconds if result.seconds > 0 else 0.0
+
+
 def _ceiling_for(variant: Variant | None, ceilings: list[Ceiling]) -> Ceiling | None:
     if variant is None:
         return None
@@ -170,18 +175,18 @@ def _model_section(model: str, rows: list[Row], ceilings: list[Ceiling], variant
         f"### {model}",
         "",
         "| server | concurrency | req/s | p50 ms | p95 ms | p99 ms | p99/p50 | errors (non-2xx/socket) "
-        "| RSS MB | PSS MB | of its ceiling |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| RSS MB | PSS MB | 2xx/s | 2xx/s of its ceiling |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         w = row.wrk
         ratio = w.p99_ms / w.p50_ms if w.p50_ms > 0 else float("nan")
         ceiling = _ceiling_for(variants.get(row.server), ceilings)
-        share = f"{w.requests_per_s / ceiling.images_per_s:.2f}" if ceiling else "-"
+        share = f"{_goodput(w) / ceiling.images_per_s:.2f}" if ceiling else "-"
         lines.append(
             f"| {row.server} | {row.concurrency} | {w.requests_per_s:.1f} | {w.p50_ms:.2f} | {w.p95_ms:.2f} "
             f"| {w.p99_ms:.2f} | {ratio:.2f} | {w.non_2xx}/{w.socket_errors} | {row.rss_mb:.0f} | {row.pss_mb:.0f} "
-            f"| {share} |"
+            f"| {_goodput(w):.1f} | {share} |"
         )
     lines += [
         "",
@@ -200,7 +205,7 @@ def _model_section(model: str, rows: list[Row], ceilings: list[Ceiling], variant
         ceiling = _ceiling_for(variant, ceilings)
         if variant is not None and ceiling is not None:
             lines.append(
-                f"- {row.server}: {row.wrk.requests_per_s / ceiling.images_per_s:.2f} of {ceiling.images_per_s:.0f} "
+                f"- {row.server}: {_goodput(row.wrk) / ceiling.images_per_s:.2f} of {ceiling.images_per_s:.0f} "
                 f"images/s ({ceiling.processes} process(es), batches of {ceiling.batch_size})"
             )
     return [*lines, ""]
