@@ -61,8 +61,7 @@ class Topology:
         for i in range(len(self.ports)):
             for log in self.logs.glob(f"replica-{i}-*.log"):
                 text = log.read_text(errors="replace")
-                # The app's access lines (app/catch_all.py): "... pixelserve.access POST /predict/mnist 200 ..."
-                counts[i] += text.count("pixelserve.access POST /predict") + text.count("pixelserve.access GET /models")
+                counts[i] += text.count('"POST /predict') + text.count('"GET /models')
         return counts
 
 
