@@ -42,6 +42,7 @@ def server(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         "PIXELSERVE_MODEL_REPOSITORY": str(tiny_repository),
         "PIXELSERVE_MAX_IMAGES_PER_REQUEST": str(MAX_IMAGES),
         "PIXELSERVE_RELOAD_INTERVAL_S": "0",
+        "PIXELSERVE_MAX_QUEUE_DELAY_MS": "60000",  # bursts here test batching, not shedding (test_overload.py)
     }
     with replicas(env, 1, tmp_path_factory.mktemp("oip")) as urls:
         yield urls[0]

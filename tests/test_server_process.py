@@ -17,7 +17,10 @@ from tests.processes import free_port, replicas, spawn, start_replica, stop, wai
 
 @pytest.fixture()
 def server(tiny_repository: Path, tmp_path: Path) -> Iterator[str]:
-    with replicas({"PIXELSERVE_MODEL_REPOSITORY": str(tiny_repository)}, 1, tmp_path) as urls:
+    # 40 requests at once test serving, not shedding: on a busy machine they can pass overload
+    # control's default 100 ms queue-delay target (tests/test_overload.py tests that).
+    env = {"PIXELSERVE_MODEL_REPOSITORY": str(tiny_repository), "PIXELSERVE_MAX_QUEUE_DELAY_MS": "60000"}
+    with replicas(env, 1, tmp_path) as urls:
         yield urls[0]
 
 

@@ -42,6 +42,7 @@ from app.core.inference import run_model
 from app.core.settings import BatchPolicy, OverloadPolicy
 
 logger = logging.getLogger("pixelserve.batching")
+COLD_PASSES = 3  # forward passes after start-up left out of the measured cost per image
 
 
 class Batcher:
@@ -68,6 +69,7 @@ class Batcher:
         # and the inference threads' measured seconds per image (moving average), for `admit`.
         self._images_queued = 0
         self._seconds_per_image = 0.0
+        self._passes_seen = 0
         self._admission = Admission()
         for thread in self._threads:
             thread.start()
@@ -253,6 +255,11 @@ class Batcher:
         """The moving average of one image's cost (prepare + forward, as the GIL is shared now), for `admit`."""
         images = sum(work.images for work in batch)
         with self._cond:
+            # The first passes after start-up are not the cost (the JIT profiles, caches fill: one was
+            # 50 ms here); counted, they made a burst right after start-up look like seconds of queue.
+            self._passes_seen += 1
+            if self._passes_seen <= COLD_PASSES:
+                return
             previous = self._seconds_per_image
             now = seconds / images
             self._seconds_per_image = now if previous == 0 else 0.8 * previous + 0.2 * now
