@@ -94,11 +94,7 @@ class ModelRegistry:
         if (name, version) in self.refused:
             return False
         try:
-            loaded = load_model(self.repository.artifact_path(name, version), self.device)
-            loaded = dataclasses.replace(loaded, name=name)  # served under its folder's name
-            # ONNX Runtime is checked against the loaded torch model; without it, the torch model is served.
-            onnx = served_by_onnxruntime(loaded) if self.runtime == ONNXRUNTIME else None
-            self.models[name] = onnx or (optimized(loaded) if self.optimize else loaded)
+            self.models[name] = self.load_version(name, version)
         except Exception as exc:  # ArtifactError or anything a loader raises: this version is refused
             self.refused.add((name, version))
             metrics.model_refused(name, version)
@@ -113,6 +109,16 @@ class ModelRegistry:
             self.errors.pop(name, None)
         logger.info("model %s version %s loaded%s", name, version, f" (was {served.version})" if served else "")
         return True
+
+    def load_version(self, name: str, version: str) -> LoadedModel:
+        """One version loaded, checked and prepared for serving (runtime, optimisation), not served yet.
+
+        Raises ArtifactError or whatever a loader raises; the caller decides what a refusal means."""
+        loaded = load_model(self.repository.artifact_path(name, version), self.device)
+        loaded = dataclasses.replace(loaded, name=name)  # served under its folder's name
+        # ONNX Runtime is checked against the loaded torch model; without it, the torch model is served.
+        onnx = served_by_onnxruntime(loaded) if self.runtime == ONNXRUNTIME else None
+        return onnx or (optimized(loaded) if self.optimize else loaded)
 
     @property
     def ready(self) -> bool:
