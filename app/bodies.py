@@ -9,6 +9,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from app.core.catalogue import Architecture, DatasetName, JobStatus, TrainingParameters, json_number
 from app.core.repository import MODEL_NAME
+from app.core.rollout import PublishRollout, StoredRollout
 
 
 class VersionInfo(BaseModel):
@@ -50,6 +51,7 @@ class ModelDetail(ModelSummary):
     version_details: list[VersionInfo]
     pinned: bool = Field(False, description="the served version is pinned: newer publications do not take over")
     metadata: dict[str, Any] = Field(description="full metadata embedded in the served artifact")
+    rollout: StoredRollout | None = Field(None, description="the canary/shadow policy, if any (admin: /rollout)")
 
 
 class VersionDetail(BaseModel):
@@ -106,6 +108,9 @@ class TrainRequest(TrainingParameters):
         None, description="publication floor; may raise PIXELSERVE_MIN_PUBLISH_ACCURACY, never lower it"
     )
     idempotency_key: str | None = Field(None, min_length=1, max_length=200, description="or an Idempotency-Key header")
+    rollout: PublishRollout | None = Field(
+        None, description='publish as a canary ({"canary": 0.1}) or a shadow ({"shadow": true}) instead of taking over'
+    )
 
 
 class Progress(BaseModel):
@@ -149,3 +154,27 @@ class Activation(BaseModel):
 class ActivateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pin: StrictBool = True
+
+
+class RolloutApplied(BaseModel):
+    candidate_loaded: bool = Field(description="this replica routes the candidate's share to it")
+    shadow_loaded: bool = Field(description="this replica runs the shadow")
+    error: str | None = Field(None, description="why a version the policy names is not applied here")
+
+
+class RolloutView(BaseModel):
+    model: str
+    served_version: str | None
+    rollout: StoredRollout | None = Field(description="the policy in the repository (null: none)")
+    applied: RolloutApplied | None = Field(None, description="the policy as this replica applies it")
+    replica_counts: dict[str, Any] | None = Field(
+        None, description="what this replica saw of the rollout: requests, agreement, confidence and latency by role"
+    )
+    fleet_counts: dict[str, int] | None = Field(None, description="every replica's counts, summed in the job store")
+    history: list[dict[str, Any]] = Field(description="the model's latest rollout decisions, oldest first")
+
+
+class Promotion(BaseModel):
+    model: str
+    version: str = Field(description="the version now current")
+    pinned: bool = Field(description="the pointer's pinned flag, kept as it was")

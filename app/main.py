@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.admin_gate import AdminGate
 from app.catch_all import CatchAll
-from app.core import metrics, metrics_export
+from app.core import metrics, metrics_export, rollout_decisions
 from app.core.batching import Batcher
 from app.core.devices import resolve_device
 from app.core.drain import Drainer
@@ -24,6 +24,7 @@ from app.core.logs import configure_logging
 from app.core.registry import ModelRegistry
 from app.core.repository import ModelRepository
 from app.core.settings import Settings
+from app.core.shadow import ShadowRunner
 from app.http_errors import install_error_handlers
 from app.limits import BodySizeLimit
 from app.openapi import install_openapi
@@ -35,7 +36,7 @@ from app.shed_early import ShedEarly
 logger = logging.getLogger("pixelserve")
 
 
-async def _watch(registry: ModelRegistry, interval: float) -> None:
+async def _watch(registry: ModelRegistry, store: JobStore | None, interval: float) -> None:
     """Poll the repository: a new current version (a publication, an admin's activation) is hot-loaded.
 
     Polling a shared folder works the same on one host, a shared volume or NFS, where file
@@ -50,6 +51,10 @@ async def _watch(registry: ModelRegistry, interval: float) -> None:
         except Exception:  # a flaky shared volume must not stop the watcher
             metrics.reload_failed()
             logger.exception("model refresh failed; serving what is loaded")
+        try:  # rollouts: this replica's counts to the fleet's, automatic rules (app/core/rollout_decisions.py)
+            await run_in_threadpool(rollout_decisions.upkeep, registry, store)
+        except Exception:  # the job store may be away for a while: counts wait in `pending`
+            logger.exception("rollout upkeep failed; will retry at the next poll")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -73,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         registry.refresh()
         app.state.registry = registry
+        app.state.shadows = ShadowRunner(app.state.batcher, settings.overload, settings.request_timeout_s)
+        app.state.capturer = None
         # Without an admin token the job routes refuse before touching the store: a serving-only
         # replica (a read-only repository, say) opens no database at all.
         app.state.job_store = JobStore(settings.job_store) if settings.admin_token else None
@@ -90,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # are never scanned again and a full pass takes about a millisecond.
         gc.collect()
         gc.freeze()
-        watcher = asyncio.create_task(_watch(registry, settings.reload_interval_s))
+        watcher = asyncio.create_task(_watch(registry, app.state.job_store, settings.reload_interval_s))
         app.state.drainer.install()
         try:
             yield

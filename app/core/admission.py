@@ -44,7 +44,8 @@ class Admission:
         return None
 
     def record(self, reason: str) -> None:
-        """queue_full, queue_delay (503 at admission), deadline (504 unrun), disconnected (dropped unrun)."""
+        """queue_full, queue_delay (503 at admission), deadline (504 unrun), disconnected (dropped unrun),
+        optional (a shadow run not queued)."""
         with self._lock:
             self.shed[reason] += 1
         metrics.request_shed(reason)

@@ -114,6 +114,16 @@ class Batcher:
             self._shed(verdict[0])
             raise Overloaded(verdict[1])
 
+    def admits_optional(self, images: int, policy: OverloadPolicy) -> bool:
+        """Whether optional work (a shadow run) may queue `images` now. It gets half the queue bound and half
+        the delay target, so as load grows it is shed (counted as `optional`) well before any request is."""
+        half = OverloadPolicy(max(1, policy.max_queued_images // 2), policy.max_queue_delay_s / 2)
+        with self._cond:
+            verdict = self.pressure(half, images)
+        if verdict is not None:
+            self._shed("optional")
+        return verdict is None
+
     def _shed(self, reason: str) -> None:
         self._admission.record(reason)
 

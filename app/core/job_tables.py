@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
+# The counters of a rollout that every replica adds to (app/core/rollout.py RolloutCounts' integer fields).
+ROLLOUT_COUNTS = ("candidate_requests", "candidate_errors", "shadowed", "agreed", "shadow_errors", "shadow_shed")
 
 # Times are seconds since the epoch on the database's clock, never a host's: workers and replicas
 # on different machines then agree on when a lease ran out.
@@ -34,4 +36,24 @@ model_locks = Table(
     "pixelserve_model_locks",
     metadata,
     Column("model", String(100), primary_key=True),
+)
+
+# Rollouts (app/core/rollout_ledger.py): every replica adds what it counted of a rollout, so an
+# automatic rule judges the whole fleet's traffic; and each model's decisions, newest last.
+rollout_counts = Table(
+    "pixelserve_rollout_counts",
+    metadata,
+    Column("model", String(100), primary_key=True),
+    Column("rollout_id", String(32), primary_key=True),
+    *(Column(name, BigInteger, nullable=False, default=0) for name in ROLLOUT_COUNTS),
+)
+model_events = Table(
+    "pixelserve_model_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(100), nullable=False, index=True),
+    Column("at", Float, nullable=False),
+    Column("action", String(32), nullable=False),  # rollout, aborted, promoted, published
+    Column("by", String(200), nullable=False),
+    Column("detail", JSON, nullable=False),
 )

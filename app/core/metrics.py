@@ -82,9 +82,35 @@ RELOAD_FAILURES = Counter(
     "pixelserve_reload_failures", "Failed repository polls (model: the model whose refresh failed, or empty)", ["model"]
 )
 
+# Rollouts (app/core/rollout.py): every answer by the version and role that computed it.
+CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+VERSION_ANSWERS = Counter(
+    "pixelserve_version_answers",
+    "Images answered, by model, version and role (served, candidate: a canary, shadow: run after the answer)",
+    ["model", "version", "role"],
+)
+VERSION_CONFIDENCE = Histogram(
+    "pixelserve_version_confidence",
+    "Confidence (top probability) of each answer, by model, version and role; _sum/_count is the mean",
+    ["model", "version", "role"],
+    buckets=CONFIDENCE_BUCKETS,
+)
+VERSION_SECONDS = Histogram(
+    "pixelserve_version_answer_seconds",
+    "From a request's arrival (a shadow's submission) to its answer, by model, version and role",
+    ["model", "version", "role"],
+    buckets=LATENCY_BUCKETS,
+)
+SHADOW_COMPARISONS = Counter(
+    "pixelserve_shadow_comparisons",
+    "Images a shadow ran on, by the version that answered, the shadow and outcome (agree, disagree, error, shed)",
+    ["model", "answered", "shadow", "outcome"],
+)
+
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _request_children: dict[tuple[str, str, str, str, str], tuple[Counter, Histogram]] = {}
 _model_children: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
+_version_children: dict[tuple[str, str, str], tuple[Counter, Histogram, Histogram]] = {}
 
 
 def status_class(status: int) -> str:
@@ -173,3 +199,23 @@ def reload_polled() -> None:
 
 def reload_failed(model: str = "") -> None:
     RELOAD_FAILURES.labels(model).inc()
+
+
+# -- rollouts ---------------------------------------------------------------------------------
+
+
+def version_answered(model: str, version: str, role: str, confidences: list[float], seconds: float) -> None:
+    """Answers computed by one version (label children cached: loaded versions and three roles are bounded)."""
+    key = (model, version, role)
+    children = _version_children.get(key)
+    if children is None:
+        children = (VERSION_ANSWERS.labels(*key), VERSION_CONFIDENCE.labels(*key), VERSION_SECONDS.labels(*key))
+        _version_children[key] = children
+    children[0].inc(len(confidences))
+    for confidence in confidences:
+        children[1].observe(confidence)
+    children[2].observe(seconds)
+
+
+def shadow_compared(model: str, answered: str, shadow: str, outcome: str, images: int = 1) -> None:
+    SHADOW_COMPARISONS.labels(model, answered, shadow, outcome).inc(images)

@@ -24,6 +24,7 @@ from app.core.errors import ModelNotFound, NotReady
 from app.core.onnx_runtime import ONNXRUNTIME, served_by_onnxruntime
 from app.core.optimize import optimized
 from app.core.repository import ModelRepository
+from app.core.rollout import ActiveRollout, Role, StoredRollout
 
 logger = logging.getLogger("pixelserve.registry")
 
@@ -38,6 +39,7 @@ class ModelRegistry:
     models: dict[str, LoadedModel] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # name -> why it (or its newest version) is not served
     refused: set[tuple[str, str]] = field(default_factory=set)  # (name, version) not to retry
+    rollouts: dict[str, ActiveRollout] = field(default_factory=dict)  # name -> canary/shadow applied here
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # The configured names as of the last refresh: get() answers from memory, so a request for an
     # unknown name (cheap to send) never costs a directory listing.
@@ -61,6 +63,7 @@ class ModelRegistry:
             try:
                 if self._refresh_one(name):
                     changed.append(name)
+                self._refresh_rollout(name)
             except Exception as exc:  # a flaky volume or a surprising file: this model only
                 self.errors[name] = f"could not be refreshed: {type(exc).__name__}"
                 metrics.reload_failed(name)
@@ -109,6 +112,50 @@ class ModelRegistry:
             self.errors.pop(name, None)
         logger.info("model %s version %s loaded%s", name, version, f" (was {served.version})" if served else "")
         return True
+
+    def _refresh_rollout(self, name: str) -> None:
+        """Apply the model's ROLLOUT when it changed: a new policy id loads the versions it names."""
+        policy = self.repository.read_rollout(name) if name in self.models else None
+        active = self.rollouts.get(name)
+        if policy is None:
+            if active is not None:
+                del self.rollouts[name]
+                logger.info("model %s: rollout %s ended", name, active.policy.id)
+            return
+        if active is None or active.policy.id != policy.id:
+            self.rollouts[name] = self._apply_rollout(name, policy)
+
+    def _apply_rollout(self, name: str, policy: StoredRollout) -> ActiveRollout:
+        served = self.models[name]
+        loaded: dict[str, LoadedModel] = {served.version: served}
+        refused = []
+        for version in filter(None, (policy.candidate, policy.shadow)):
+            if version in loaded:
+                continue
+            try:  # a version that cannot serve is not applied; the served version goes on alone
+                loaded[version] = self.load_version(name, version)
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__} while loading"
+                refused.append(f"version {version} refused: {reason}")
+                logger.error("model %s: rollout version %s refused: %s", name, version, reason)
+        rollout = ActiveRollout(
+            policy,
+            candidate=loaded.get(policy.candidate or ""),
+            shadow=loaded.get(policy.shadow or ""),
+            error="; ".join(refused) or None,
+        )
+        logger.info("model %s: rollout %s applied: %s", name, policy.id, policy.model_dump(exclude={"id"}))
+        return rollout
+
+    def route(self, name: str, key: str | None = None) -> tuple[LoadedModel, Role, ActiveRollout | None]:
+        """The version that answers a request for `name` (the served one, or a canary's candidate), its role
+        and the rollout that chose it; `key`: the request's routing key, if it sent one."""
+        served = self.get(name)
+        rollout = self.rollouts.get(name)
+        if rollout is None:
+            return served, "served", None
+        model, role = rollout.choose(served, key)
+        return model, role, rollout
 
     def load_version(self, name: str, version: str) -> LoadedModel:
         """One version loaded, checked and prepared for serving (runtime, optimisation), not served yet.

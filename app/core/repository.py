@@ -7,6 +7,7 @@ read, listed or written, whatever a caller passes.
 A model's served version is the one named in <root>/<name>/CURRENT when that file exists (a
 publication or an admin's pin), otherwise its highest version. CURRENT is replaced atomically
 (temporary file, fsync, rename), so a replica reads the old pointer or the new one, never half.
+Beside CURRENT, ROLLOUT may hold a canary/shadow policy (app/core/rollout.py), replaced the same way.
 Folders starting with '.' are staging areas of writers and are never read.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from app.core.artifacts import TORCHSCRIPT, artifact_file, has_artifact
 from app.core.durable import fsync_dir
+from app.core.rollout import ROLLOUT_FILE, StoredRollout
 
 CURRENT_FILE = "CURRENT"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"  # the one rule for model names: API bodies use it too
@@ -78,13 +80,36 @@ class ModelRepository:
         """Atomically point the model at `version`. Callers serialise writers (JobStore.model_lock)."""
         if not is_model_name(name) or not is_version(version):
             raise ValueError(f"not a model name and version: {name!r:.80} {version!r:.40}")
+        self._replace(name, CURRENT_FILE, json.dumps({"version": version, "pinned": pinned}))
+
+    def read_rollout(self, name: str) -> StoredRollout | None:
+        """The model's rollout policy (app/core/rollout.py); None without one or with an unreadable file."""
+        if not is_model_name(name):
+            return None
+        try:
+            return StoredRollout.model_validate_json((self.root / name / ROLLOUT_FILE).read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def write_rollout(self, name: str, rollout: StoredRollout | None) -> None:
+        """Atomically set (or, with None, remove) the rollout policy. Callers serialise writers (model_lock)."""
+        if not is_model_name(name):
+            raise ValueError(f"not a model name: {name!r:.80}")
+        if rollout is None:
+            (self.root / name / ROLLOUT_FILE).unlink(missing_ok=True)
+            fsync_dir(self.root / name)
+        else:
+            self._replace(name, ROLLOUT_FILE, rollout.model_dump_json())
+
+    def _replace(self, name: str, file: str, text: str) -> None:
+        """Write <name>/<file> whole or not at all: a temporary file, fsync, rename, fsync of the folder."""
         folder = self.root / name
-        temporary = folder / f".{CURRENT_FILE}.{uuid.uuid4().hex}"
+        temporary = folder / f".{file}.{uuid.uuid4().hex}"
         with temporary.open("w") as handle:
-            json.dump({"version": version, "pinned": pinned}, handle)
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, folder / CURRENT_FILE)
+        os.replace(temporary, folder / file)
         fsync_dir(folder)
 
     def artifact_path(self, name: str, version: str) -> Path:

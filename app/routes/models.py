@@ -63,6 +63,7 @@ def get_model(name: str, registry: RegistryDep, batcher: BatcherDep) -> ModelDet
         version_details=[_version_info(registry, name, v) for v in summary.versions],
         pinned=bool(loaded) and registry.repository.read_pointer(name) == (summary.served_version, True),
         metadata=public_metadata(loaded.metadata) if loaded else {},
+        rollout=registry.repository.read_rollout(name),
     )
 
 

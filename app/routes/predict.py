@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ from PIL import Image
 from pydantic import TypeAdapter
 
 from app.bodies import PredictionBody
+from app.core import logs
 from app.core.batching import Batcher
 from app.core.errors import (
     BodyTooLarge,
@@ -33,9 +33,12 @@ from app.core.errors import (
 )
 from app.core.inference import Prediction, prepare_uploads
 from app.core.registry import ModelRegistry
+from app.core.rollout import ROUTE_KEY_HEADER, ROUTE_KEY_PARAMETER
 from app.core.settings import Settings
+from app.core.shadow import record_answer
 from app.core.upload_cost import is_heavy, open_uploads
 from app.deadlines import CLIENT_GONE, answer_or_gone, deadline_of
+from app.follow_up import follow_up, keeping, wants_inputs
 from app.http_errors import responses
 from app.multipart import boundary_of, iter_parts
 
@@ -104,13 +107,6 @@ def _place(count: int, position: int) -> str:
     return f"file {position + 1} of {count}" if count > 1 else ""
 
 
-def _keeping(prepare: Callable[[], np.ndarray], kept: list[np.ndarray]) -> np.ndarray:
-    """`prepare`, keeping the [k, 28, 28] input it hands the batcher (run once, on a batching thread)."""
-    pixels = prepare()
-    kept.append(pixels)
-    return pixels
-
-
 def input_png(pixels: np.ndarray) -> str:
     """One [28, 28] model input in [0, 1] as a base64 8-bit grey PNG (a few hundred bytes)."""
     buffer = io.BytesIO()
@@ -121,7 +117,7 @@ def input_png(pixels: np.ndarray) -> str:
 @router.post(
     "/{name}",
     response_model=PredictionBody | list[PredictionBody],
-    openapi_extra={"requestBody": _REQUEST_BODY},
+    openapi_extra={"requestBody": _REQUEST_BODY, "parameters": [ROUTE_KEY_PARAMETER]},
     responses=responses(
         ModelNotFound,
         NotReady,
@@ -160,7 +156,8 @@ async def predict(
     registry: ModelRegistry = state.registry
     settings: Settings = state.settings
     batcher: Batcher = state.batcher
-    model = registry.get(name)
+    # The served version, or a canary's candidate (app/core/rollout.py); a routing key pins the choice.
+    model, role, rollout = registry.route(name, request.headers.get(ROUTE_KEY_HEADER))
     request.state.model, request.state.version = model.name, model.version  # for the access line
     with batcher.receiving():
         images = await read_uploads(request, settings.max_images_per_request)
@@ -174,19 +171,27 @@ async def predict(
             batcher.refused(model)
             raise
         prepare = partial(prepare_uploads, opened, model.recipe, settings.max_image_pixels)
-        kept: list[np.ndarray] = []  # the inputs themselves, with include_input (the batcher returns probabilities)
-        if include_input:
-            prepare = partial(_keeping, prepare, kept)
+        # The inputs themselves (the batcher returns probabilities), for include_input, a shadow or a capture.
+        kept: list[np.ndarray] = []
+        if include_input or wants_inputs(state, model, rollout):
+            prepare = partial(keeping, prepare, kept)
         deadline = deadline_of(settings, started)
         heavy = is_heavy(pixels, len(images), settings)
         answer = batcher.submit(model, prepare, len(images), heavy=heavy, deadline=deadline, started=started)
-    if (rows := await answer_or_gone(request, batcher, answer, deadline)) is None:
+    try:
+        rows = await answer_or_gone(request, batcher, answer, deadline)
+    except Exception as exc:
+        if rollout is not None and role == "candidate" and not isinstance(exc, PixelserveError):
+            rollout.count("candidate_errors")  # the candidate failed, not the request
+        raise
+    if rows is None:
         return Response(status_code=CLIENT_GONE)  # nobody reads it; its work was dropped unrun
-    seen = [input_png(pixels) for pixels in kept[0]] if kept else None
+    record_answer(model, role, rollout, rows, started)
+    background = follow_up(state, model, rollout, kept, rows, logs.request_id.get(), images)
+    seen = [input_png(pixels) for pixels in kept[0]] if include_input else None
     bodies = [Prediction(model.name, model.version, model.labels, row).to_json(top_k) for row in rows]
     if seen is not None:
         for body, png in zip(bodies, seen, strict=True):
             body["input_png"] = png
-    if len(images) == 1:
-        return Response(_ANSWER.dump_json(bodies[0]), media_type="application/json")
-    return Response(_ANSWERS.dump_json(bodies), media_type="application/json")
+    content = _ANSWER.dump_json(bodies[0]) if len(images) == 1 else _ANSWERS.dump_json(bodies)
+    return Response(content, media_type="application/json", background=background)
