@@ -26,6 +26,8 @@ from app.core.catalogue import JobStatus
 from app.core.durable import fsync_dir
 from app.core.job_store import STOP_CANCELLED, STOP_LOST, JobStore
 from app.core.repository import ModelRepository
+from app.core.rollout import PublishRollout, StoredRollout
+from app.core.rollout_ledger import RolloutLedger
 from training.config import TrainConfig
 from training.data import LoadedDataset
 from training.export import export_model
@@ -63,12 +65,15 @@ def publish(
     min_accuracy: float,
     job: tuple[int, str] | None = None,
     stop_reason: Callable[[], str | None] = lambda: None,
+    rollout: PublishRollout | None = None,
 ) -> tuple[str, bool]:
     """Publish; returns (version, whether it became current).
 
     `job` (id, worker id): publish only while that worker still runs it uncancelled, checked in
     the publishing transaction, which also marks it succeeded. `stop_reason` is a cheaper early
-    check after validation, so a job cancelled meanwhile does not wait for the lock."""
+    check after validation, so a job cancelled meanwhile does not wait for the lock. `rollout`: the
+    new version becomes the served version's canary or shadow (app/core/rollout.py) instead of taking
+    over, when there is a served version to try it against."""
     name = config.model_name
     models = ModelRepository(repository)
     activated: list[bool] = []
@@ -91,6 +96,10 @@ def publish(
                 reason = store.stop_reason(*job, conn=conn)
                 if reason is not None or not store.finish(*job, JobStatus.SUCCEEDED, version=target.name, conn=conn):
                     raise JobStopped(reason or STOP_LOST)  # rolls back; export_model removes the staging folder
+            if rollout is not None and models.read_pointer(name)[0] is None and (existing := models.versions(name)):
+                # Without CURRENT the highest version is served: point at today's first, or the new folder
+                # would take over the moment it is renamed in.
+                models.write_pointer(name, existing[-1], pinned=False)
             os.rename(staging, target)  # an OSError here: the number was taken, export_model tries the next
             try:
                 fsync_dir(target.parent)
@@ -98,6 +107,13 @@ def publish(
                 if current is None:
                     versions = [v for v in models.versions(name) if v != target.name]
                     current = versions[-1] if versions else None
+                if rollout is not None and current is not None:
+                    by = f"job:{job[0]}" if job else "training"
+                    stored = StoredRollout.of(rollout.policy(target.name), by)
+                    models.write_rollout(name, stored)
+                    RolloutLedger(store).record(conn, name, "published", by, stored.model_dump())
+                    activated.append(False)
+                    return
                 activate = not pinned and (current is None or int(target.name) > int(current))
                 if activate:
                     models.write_pointer(name, target.name, pinned=False)

@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.core import logs
 from app.core.catalogue import JobStatus
 from app.core.job_store import STOP_CANCELLED, STOP_LOST, Job, JobStore
+from app.core.rollout import PublishRollout
 from app.core.settings import CommonSettings
 from training.config import TrainConfig
 from training.data import LoadedDataset, load_dataset
@@ -136,6 +137,7 @@ class JobRun:
             config, data = self.config, self.load_data()
             result = train(config, data, self.on_epoch, self.on_step, self.should_stop, progress=False)
             floor = max(self.settings.min_publish_accuracy, self.job["request"].get("min_accuracy") or 0.0)
+            rollout = self.job["request"].get("rollout")  # as a canary or a shadow, instead of taking over
             # publish() marks the job succeeded in the transaction that publishes it.
             version, current = publish(
                 self.settings.model_repository,
@@ -146,13 +148,14 @@ class JobRun:
                 floor,
                 job=(job_id, worker_id),
                 stop_reason=self.stop_reason,
+                rollout=PublishRollout.model_validate(rollout) if rollout else None,
             )
             logger.info(
                 "job %s published %s version %s%s",
                 job_id,
                 config.model_name,
                 version,
-                "" if current else " (not current: a version is pinned or newer)",
+                "" if current else " (not current: a rollout, a pinned version or a newer one)",
             )
         except (TrainingCancelled, JobStopped) as exc:
             if self.lost.is_set() or (isinstance(exc, JobStopped) and not exc.cancelled):
