@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from app.core.repository import ModelRepository
+from app.core.rollout import key_share
 from tests.helpers import encode
 from tests.images import draw_digit
 from tests.processes import replicas, wait_for
@@ -74,6 +75,17 @@ def test_canary_share_is_binomial_and_keys_stick_and_every_replica_follows(fleet
         by_key = {key: {predict(client, fleet[i % 2], key) for i in range(6)} for key in map(str, range(60))}
         assert all(len(seen) == 1 for seen in by_key.values()), by_key
         assert {version for seen in by_key.values() for version in seen} == {"1", "2"}
+
+        # The OIP route honours the policy and the key alike.
+        candidate_key = next(key for key in map(str, range(1000)) if key_share("mnist", key) < 0.2)
+        tensor = {"name": "image", "datatype": "UINT8", "shape": [1, 28, 28], "data": [0] * 784}
+        for url in fleet:
+            v2 = client.post(
+                f"{url}/v2/models/mnist/infer",
+                json={"inputs": [tensor]},
+                headers={"X-Pixelserve-Route-Key": candidate_key},
+            )
+            assert v2.status_code == 200 and v2.json()["model_version"] == "2", v2.text
 
         detail = client.get(f"{second}/models/mnist").json()
         assert detail["served_version"] == "1"

@@ -11,10 +11,12 @@ import time
 from functools import partial
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from app.core import logs
 from app.core.artifacts import LoadedModel
 from app.core.batching import Batcher
 from app.core.errors import (
@@ -34,9 +36,12 @@ from app.core.errors import (
     VersionNotFound,
 )
 from app.core.registry import ModelRegistry
+from app.core.rollout import ROUTE_KEY_HEADER, ROUTE_KEY_PARAMETER, ActiveRollout, Role
 from app.core.settings import Settings
+from app.core.shadow import record_answer
 from app.deadlines import CLIENT_GONE, answer_or_gone, deadline_of
 from app.deps import BatcherDep, DrainerDep, RegistryDep, SettingsDep
+from app.follow_up import follow_up, keeping, wants_inputs
 from app.http_errors import responses
 from app.oip.bodies import (
     InferenceRequest,
@@ -159,7 +164,14 @@ async def version_ready(name: str, version: str, registry: RegistryDep) -> Model
     return _model_ready(registry, name, version)
 
 
-async def _infer(model: LoadedModel, request: Request, settings: Settings, batcher: Batcher) -> Response:
+async def _infer(
+    model: LoadedModel,
+    request: Request,
+    settings: Settings,
+    batcher: Batcher,
+    role: Role = "served",
+    rollout: ActiveRollout | None = None,
+) -> Response:
     started = time.monotonic()
     request.state.model, request.state.version = model.name, model.version  # for the access line
     with batcher.receiving():
@@ -183,14 +195,24 @@ async def _infer(model: LoadedModel, request: Request, settings: Settings, batch
         except PixelserveError:
             batcher.refused(model)
             raise
+        kept: list[np.ndarray] = []  # the inputs, for a shadow run or a capture (app/follow_up.py)
+        if wants_inputs(request.app.state, model, rollout):
+            prepare = partial(keeping, prepare, kept)
         deadline = deadline_of(settings, started, parsed.timeout_s)
         answer = batcher.submit(model, prepare, tensor.images, heavy=heavy, deadline=deadline, started=started)
     if (rows := await answer_or_gone(request, batcher, answer, deadline)) is None:
         return Response(status_code=CLIENT_GONE)  # nobody reads it; its work was dropped unrun
-    return build_response(model, parsed, rows)
+    record_answer(model, role, rollout, rows, started)
+    response = build_response(model, parsed, rows)
+    response.background = follow_up(request.app.state, model, rollout, kept, rows, logs.request_id.get())
+    return response
 
 
-@router.post("/models/{name}/infer", openapi_extra={"requestBody": _INFER_REQUEST}, responses=_INFER_RESPONSES)
+@router.post(
+    "/models/{name}/infer",
+    openapi_extra={"requestBody": _INFER_REQUEST, "parameters": [ROUTE_KEY_PARAMETER]},
+    responses=_INFER_RESPONSES,
+)
 async def infer(
     name: str, request: Request, registry: RegistryDep, settings: SettingsDep, batcher: BatcherDep
 ) -> Response:
@@ -203,7 +225,9 @@ async def infer(
     BYTES [N], as JSON or binary data (`binary_data`, `binary_data_output`); `classification: k`
     on `probabilities` gives the top k as "<value>:<index>:<label>".
     """
-    return await _infer(_served(registry, name, None), request, settings, batcher)
+    # The served version, or a canary's candidate (app/core/rollout.py); a routing key pins the choice.
+    model, role, rollout = registry.route(name, request.headers.get(ROUTE_KEY_HEADER))
+    return await _infer(model, request, settings, batcher, role, rollout)
 
 
 @router.post(
