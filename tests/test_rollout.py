@@ -126,7 +126,7 @@ def test_shadow_runs_after_the_answer_is_compared_and_promotes_automatically(fle
             return str(client.get(f"{second}/models/mnist").json()["served_version"]) == "3"
 
         wait_for(promoted, timeout=30)
-        assert client.get(f"{first}/models/mnist").json()["served_version"] == "3"
+        wait_for(lambda: client.get(f"{first}/models/mnist").json()["served_version"] == "3", timeout=10)
         view = client.get(f"{first}/models/mnist/rollout", headers=ADMIN).json()
         assert view["rollout"] is None
         assert [event["action"] for event in view["history"]] == ["rollout", "promoted"]

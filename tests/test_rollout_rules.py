@@ -16,7 +16,7 @@ from app.core.batching import Batcher
 from app.core.errors import Overloaded
 from app.core.job_store import JobStore
 from app.core.repository import ModelRepository
-from app.core.rollout import PublishRollout, RolloutPolicy, StoredRollout, key_share
+from app.core.rollout import PUBLISH_ROLLOUT, RolloutPolicy, StoredRollout, key_share
 from app.core.rollout_decisions import verdict
 from app.core.rollout_ledger import RolloutLedger
 from app.core.settings import BatchPolicy, OverloadPolicy
@@ -35,7 +35,9 @@ def test_a_job_publishes_as_a_canary_or_a_shadow(
     (repository / "mnist" / "CURRENT").unlink(missing_ok=True)  # served as the highest version, no pointer
     config = tiny_config("mnist", "mlp", "mnist", samples=256)
     result = train(config, mnist, progress=False)
-    version, current = publish(repository, store, config, mnist, result, 0.0, rollout=PublishRollout(**how))  # type: ignore[arg-type]
+    version, current = publish(
+        repository, store, config, mnist, result, 0.0, rollout=PUBLISH_ROLLOUT.validate_python(how)
+    )
     assert not current and version == "2"
     # The new folder did not take over by being the highest: CURRENT was written first.
     assert models.current_version("mnist") == "1"
@@ -50,9 +52,9 @@ def test_a_job_publishes_as_a_canary_or_a_shadow(
 
 
 def test_publish_rollout_body_takes_exactly_one_way() -> None:
-    for body in ({}, {"canary": 0.1, "shadow": True}, {"shadow": False}, {"canary": 2}):
+    for body in ({}, {"canary": 0.1, "shadow": True}, {"shadow": False}, {"canary": 2}, {"canary": "0.1"}):
         with pytest.raises(ValueError):
-            PublishRollout.model_validate(body)
+            PUBLISH_ROLLOUT.validate_python(body)
 
 
 def test_the_automatic_rule() -> None:

@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.core import logs
 from app.core.catalogue import JobStatus
 from app.core.job_store import STOP_CANCELLED, STOP_LOST, Job, JobStore
-from app.core.rollout import PublishRollout
+from app.core.rollout import PUBLISH_ROLLOUT
 from app.core.settings import CommonSettings
 from training.config import TrainConfig
 from training.data import LoadedDataset, load_dataset
@@ -148,7 +148,7 @@ class JobRun:
                 floor,
                 job=(job_id, worker_id),
                 stop_reason=self.stop_reason,
-                rollout=PublishRollout.model_validate(rollout) if rollout else None,
+                rollout=PUBLISH_ROLLOUT.validate_python(rollout) if rollout else None,
             )
             logger.info(
                 "job %s published %s version %s%s",

@@ -23,7 +23,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, WithJsonSchema, model_validator
+from pydantic.config import JsonDict
 
 from app.core.artifacts import LoadedModel
 from app.core.catalogue import JsonFloat, JsonInt, json_number
@@ -39,8 +40,25 @@ ROUTE_KEY_PARAMETER = {
     "description": "routing key: during a canary rollout, requests with the same key get the same version",
 }
 Role = Literal["served", "candidate", "shadow"]
-VersionName = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,17}$", description="a version of this model")]
+VERSION_PATTERN = r"^[1-9][0-9]{0,17}$"
 Share = Annotated[float, Field(ge=0, le=1), BeforeValidator(json_number)]
+# Optional in a body means absent: the request schema has no null (the policy's own rules, below,
+# are about which fields are given), while responses show absent parts as null.
+OptionalVersion = Annotated[
+    Annotated[str, Field(pattern=VERSION_PATTERN)] | None,
+    WithJsonSchema({"type": "string", "pattern": VERSION_PATTERN}, mode="validation"),
+]
+OptionalShare = Annotated[
+    Share | None, WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1}, mode="validation")
+]
+# The policy's rules in JSON Schema, so clients and the fuzzer see them: a candidate with its weight
+# (and maybe a shadow), or a shadow alone.
+_POLICY_RULES: JsonDict = {
+    "anyOf": [
+        {"required": ["candidate", "weight"]},
+        {"required": ["shadow"], "not": {"anyOf": [{"required": ["candidate"]}, {"required": ["weight"]}]}},
+    ]
+}
 
 
 class AutoRule(BaseModel):
@@ -57,11 +75,11 @@ class AutoRule(BaseModel):
 class RolloutPolicy(BaseModel):
     """The body of PUT /models/{name}/rollout: each part optional, the whole policy replaced."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_POLICY_RULES)
 
-    candidate: VersionName | None = Field(None, description="canary: the version that answers a share of requests")
-    weight: Share | None = Field(None, description="the candidate's share of requests, 0.0-1.0 (required with it)")
-    shadow: VersionName | None = Field(None, description="a version run on the same inputs after the answer is sent")
+    candidate: OptionalVersion = Field(None, description="canary: the version that answers a share of requests")
+    weight: OptionalShare = Field(None, description="the candidate's share of requests, 0.0-1.0 (required with it)")
+    shadow: OptionalVersion = Field(None, description="a version run on the same inputs after the answer is sent")
     shadow_rate: Share = Field(1.0, description="the share of requests the shadow also runs on")
     auto: AutoRule | None = Field(None, description="promote or abort on its own after enough traffic")
 
@@ -93,25 +111,34 @@ class StoredRollout(RolloutPolicy):
         return cls(**policy.model_dump(), id=uuid.uuid4().hex, created_at=time.time(), by=by)
 
 
-class PublishRollout(BaseModel):
-    """How a training job publishes: `{"canary": 0.1}` or `{"shadow": true}` instead of taking over."""
+class PublishAsCanary(BaseModel):
+    """A training job's version becomes the served version's candidate with this weight."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    canary: Share | None = Field(None, description="publish as the candidate with this weight")
-    shadow: StrictBool = Field(False, description="publish as the shadow of the served version")
+    canary: Share = Field(description="the new version's share of requests")
     auto: AutoRule | None = None
 
-    @model_validator(mode="after")
-    def _one(self) -> PublishRollout:
-        if (self.canary is None) == (not self.shadow):
-            raise ValueError('give exactly one of {"canary": <weight>} and {"shadow": true}')
-        return self
+    def policy(self, version: str) -> RolloutPolicy:
+        return RolloutPolicy(candidate=version, weight=self.canary, auto=self.auto)
+
+
+class PublishAsShadow(BaseModel):
+    """A training job's version runs in the served version's shadow."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shadow: Literal[True]
+    shadow_rate: Share = 1.0
+    auto: AutoRule | None = None
 
     def policy(self, version: str) -> RolloutPolicy:
-        if self.shadow:
-            return RolloutPolicy(shadow=version, auto=self.auto)
-        return RolloutPolicy(candidate=version, weight=self.canary, auto=self.auto)
+        return RolloutPolicy(shadow=version, shadow_rate=self.shadow_rate, auto=self.auto)
+
+
+# How a training job publishes instead of taking over: `{"canary": 0.1}` or `{"shadow": true}`.
+PublishRollout = PublishAsCanary | PublishAsShadow
+PUBLISH_ROLLOUT: TypeAdapter[PublishRollout] = TypeAdapter(PublishRollout)
 
 
 def key_share(model: str, key: str) -> float:
