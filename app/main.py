@@ -9,7 +9,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import torch
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
@@ -17,10 +16,11 @@ from app.admin_gate import AdminGate
 from app.catch_all import CatchAll
 from app.core import metrics, metrics_export, rollout_decisions
 from app.core.batching import Batcher
-from app.core.devices import resolve_device
+from app.core.devices import serving_device, set_torch_threads
 from app.core.drain import Drainer
 from app.core.job_store import JobStore
 from app.core.logs import configure_logging
+from app.core.onnx_runtime import require_runtime
 from app.core.registry import ModelRegistry
 from app.core.repository import ModelRepository
 from app.core.settings import Settings
@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        torch.set_num_threads(settings.torch_threads)
+        require_runtime(settings.runtime)  # torchscript without torch: refuse to start, with why
+        set_torch_threads(settings.torch_threads)
         # A thread or two of its own, not Starlette's pool of 40: on a few cores, dozens of threads
         # taking turns at the GIL cost more than they overlap (see README, "Threads").
         app.state.batcher = Batcher(
@@ -71,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         registry = ModelRegistry(
             ModelRepository(settings.model_repository, settings.artifact_format),
-            resolve_device(settings.device),
+            serving_device(settings.device),
             settings.models,
             settings.optimize,
             runtime=settings.runtime,

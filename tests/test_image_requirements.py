@@ -6,7 +6,8 @@ and each pin must satisfy the project's range; the Dockerfile's torch must too. 
 image takes the CPU wheel (TORCH_VERSION, 2.13.0: 1.3 GB image instead of a multi-GB CUDA build),
 while the Makefile's venv gets 2.14.1 (the CUDA build this machine has on disk); the shipped
 artifacts, made with 2.14.1, load and answer in the image, which the container check in .ci/run
-proves with a real prediction through nginx.
+proves with a real prediction through nginx. The slim image (Dockerfile.slim) installs the same
+requirements.txt plus deploy/requirements-onnx.txt (ONNX Runtime and its dependencies) and no torch.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ def project_requirements() -> list[Requirement]:
     return [Requirement(line) for line in wanted]
 
 
-def image_pins() -> dict[str, str]:
+def image_pins(file: str = "requirements.txt") -> dict[str, str]:
     pins = {}
-    for line in (ROOT / "deploy" / "requirements.txt").read_text().splitlines():
+    for line in (ROOT / "deploy" / file).read_text().splitlines():
         line = line.split("#")[0].strip()
         if line:
             requirement = Requirement(line)
@@ -59,3 +60,16 @@ def test_the_images_torch_is_inside_the_projects_range() -> None:
     assert version is not None, "the Dockerfile pins torch with ARG TORCH_VERSION"
     (torch,) = [r for r in project_requirements() if r.name == "torch"]
     assert torch.specifier.contains(version.group(1))
+
+
+def test_the_slim_image_pins_onnxruntime_inside_the_onnx_extra_and_installs_no_torch() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (onnxruntime,) = [Requirement(r) for r in project["optional-dependencies"]["onnx"]]
+    slim = image_pins("requirements-onnx.txt")
+    assert onnxruntime.specifier.contains(slim["onnxruntime"])
+    assert not set(slim) & set(image_pins()), "one pin per package: numpy and the rest live in requirements.txt"
+    dockerfile = (ROOT / "Dockerfile.slim").read_text()
+    assert "-r /tmp/requirements.txt -r /tmp/requirements-onnx.txt" in dockerfile
+    instructions = [line for line in dockerfile.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in instructions if "torch" in line.lower()]
+    assert "PIXELSERVE_RUNTIME=onnxruntime" in dockerfile

@@ -12,6 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.core.artifacts import ONNX, ONNX_FILE, TORCHSCRIPT, ArtifactError, load_model
+from app.core.onnx_file import CHECK_KEY
 from app.core.onnx_runtime import TOLERANCE, OnnxForward, load_onnx
 from app.core.settings import Settings
 from app.main import create_app
@@ -88,7 +89,14 @@ def test_the_server_answers_the_same_labels_with_onnxruntime(tiny_repository: Pa
         assert max(abs(ts[k] - ort[k]) for k in ts) < 1e-5
 
 
-@pytest.mark.parametrize("damage", ["missing", "corrupt", "other weights"])
+def zero_some_weights(model: onnx.ModelProto) -> None:
+    biggest = max(model.graph.initializer, key=lambda tensor: len(tensor.raw_data))
+    raw = bytearray(biggest.raw_data)
+    raw[:64] = bytes(64)  # sixteen float32 weights set to zero
+    biggest.raw_data = bytes(raw)
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "other weights", "other weights, no check entry"])
 def test_onnxruntime_falls_back_to_torchscript(
     damage: str, tiny_repository: Path, tmp_path: Path, mnist: LoadedDataset, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -99,14 +107,16 @@ def test_onnxruntime_falls_back_to_torchscript(
         onnx_path.unlink()
     elif damage == "corrupt":
         onnx_path.write_bytes(onnx_path.read_bytes()[: onnx_path.stat().st_size // 2])
-    else:  # a well-formed file whose weights are not model.pt's: only the agreement check can tell
+    else:  # a well-formed file whose weights are not model.pt's: its digest tells, or the agreement check
         model = onnx.load(str(onnx_path))
-        biggest = max(model.graph.initializer, key=lambda tensor: len(tensor.raw_data))
-        raw = bytearray(biggest.raw_data)
-        raw[:64] = bytes(64)  # sixteen float32 weights set to zero
-        biggest.raw_data = bytes(raw)
+        zero_some_weights(model)
+        if damage == "other weights, no check entry":  # as files exported before the entry was written
+            kept = [entry for entry in model.metadata_props if entry.key != CHECK_KEY]
+            del model.metadata_props[:]
+            model.metadata_props.extend(kept)
         onnx.save(model, str(onnx_path))
-        with pytest.raises(ArtifactError, match=r"differs from mnist/1/model\.pt"):
+        expected = "SHA-256 differs" if damage == "other weights" else r"differs from mnist/1/model\.pt"
+        with pytest.raises(ArtifactError, match=expected):
             load_model(onnx_path, CPU)
     image = encode((mnist.test.images[0].numpy() * 255).astype("uint8"))
     served, labels, _ = predictions(Settings(model_repository=root, runtime="onnxruntime"), [image])

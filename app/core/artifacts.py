@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.export.passes
-
+from app.core.devices import Device, has_torch
 from app.core.preprocessing import RECIPES
+
+if TYPE_CHECKING:  # imported where used: the slim image serves model.onnx with no torch installed
+    import torch
 
 METADATA_FILE = "metadata.json"
 TORCHSCRIPT = "torchscript"
@@ -53,8 +54,9 @@ class LoadedModel:
     version: str
     metadata: dict[str, Any]
     path: Path
-    device: torch.device
-    forward: Callable[[torch.Tensor], torch.Tensor]  # [N, 1, 28, 28] -> probabilities [N, C]
+    device: Device
+    # [N, 1, 28, 28] -> probabilities [N, C], torch tensors; an ONNX model's is an OnnxForward, whose run() takes NumPy
+    forward: Callable[[torch.Tensor], torch.Tensor]
 
     @property
     def labels(self) -> list[str]:
@@ -187,6 +189,8 @@ def jit_deprecation_silenced() -> Iterator[None]:
 
 
 def _load_torchscript(path: Path, device: torch.device) -> torch.nn.Module:
+    import torch
+
     with jit_deprecation_silenced():
         module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
             str(path), map_location=device
@@ -196,6 +200,8 @@ def _load_torchscript(path: Path, device: torch.device) -> torch.nn.Module:
 
 
 def _load_exported(path: Path, device: torch.device) -> torch.nn.Module:
+    import torch.export.passes
+
     with TORCH_EXPORT_LOCK:
         program = torch.export.load(path)
         if device.type != "cpu":  # exported on the CPU; torch.export.load has no map_location
@@ -211,21 +217,25 @@ _LOADERS: dict[str, Callable[[Path, torch.device], torch.nn.Module]] = {
 }
 
 
-def load_model(path: Path, device: torch.device) -> LoadedModel:
+def load_model(path: Path, device: Device) -> LoadedModel:
     """Load, verify (weights SHA-256, a smoke prediction) and wrap one artifact of either format.
 
-    A model.onnx is loaded with the torch artifact beside it, checked first, and must agree with it."""
+    A model.onnx is loaded with the torch artifact beside it, checked first, and must agree with it.
+    Without torch, any artifact path stands for its folder's model.onnx, loaded alone (onnx_runtime.py)."""
     fmt = artifact_format(path)
-    if fmt == ONNX:  # imported here: onnxruntime is optional, and that module imports this one
+    if fmt == ONNX or not has_torch():  # imported here: that module imports this one
         from app.core.onnx_runtime import load_onnx_beside
 
-        return load_onnx_beside(path, device)
+        return load_onnx_beside(path.parent / ONNX_FILE, device)
+    import torch
+
+    on = torch.device(str(device))  # a torch.device, or HOST_CPU named as one
     metadata = read_metadata(path)
     folder = path.parent.name
     if folder.isdigit() and str(metadata["version"]) != folder:
         raise ArtifactError(f"{shown(path)}: metadata says version {metadata['version']}, the folder says {folder}")
     try:
-        module = _LOADERS[fmt](path, device)
+        module = _LOADERS[fmt](path, on)
     except Exception as exc:  # deserialisers raise many types; to callers each is a refused artifact
         raise ArtifactError(f"{shown(path)}: {fmt} load failed: {type(exc).__name__}") from exc
     with TORCH_EXPORT_LOCK:  # state_dict() would meet the fake-tensor mode of a torch.export load in another thread
@@ -235,10 +245,10 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
     num_classes = len(metadata["labels"])
     try:
         with torch.inference_mode():
-            probe = module(torch.zeros(2, 1, 28, 28, device=device))
+            probe = module(torch.zeros(2, 1, 28, 28, device=on))
     except Exception as exc:  # a program whose input guards refuse [2, 1, 28, 28] cannot serve
         raise ArtifactError(f"{shown(path)}: smoke prediction failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
-    if probe.shape != (2, num_classes) or not torch.allclose(probe.sum(dim=1), torch.ones(2, device=device), atol=1e-4):
+    if probe.shape != (2, num_classes) or not torch.allclose(probe.sum(dim=1), torch.ones(2, device=on), atol=1e-4):
         raise ArtifactError(
             f"{shown(path)}: smoke prediction gave {tuple(probe.shape)}, not probabilities over {num_classes} classes"
         )
@@ -247,6 +257,6 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
         version=str(metadata["version"]),
         metadata=metadata,
         path=path,
-        device=device,
+        device=on,
         forward=module,
     )

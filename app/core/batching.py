@@ -31,12 +31,12 @@ from contextlib import contextmanager
 from functools import partial
 
 import numpy as np
-import torch
 
 from app.core import metrics
 from app.core.admission import Admission
 from app.core.artifacts import LoadedModel
 from app.core.batch_work import BatchCounters, Prepare, Probabilities, Work, given, hand_back, reraise
+from app.core.devices import set_torch_threads
 from app.core.errors import DeadlineExceeded, Overloaded
 from app.core.inference import run_model
 from app.core.settings import BatchPolicy, OverloadPolicy
@@ -275,8 +275,7 @@ class Batcher:
             self._seconds_per_image = now if previous == 0 else 0.8 * previous + 0.2 * now
 
     def _run(self) -> None:
-        if self._torch_threads is not None:
-            torch.set_num_threads(self._torch_threads)
+        set_torch_threads(self._torch_threads)
         while (batch := self._next_batch()) is not None:
             if not batch:
                 continue

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from app.core.artifacts import LoadedModel
 from app.core.errors import PixelserveError
 from app.core.imaging import decode_light_on_dark
+from app.core.onnx_runtime import OnnxForward
 from app.core.preprocessing import apply_recipe
 
 
@@ -57,19 +57,30 @@ def to_model_input(data: bytes | Image.Image, recipe: str, max_pixels: int) -> n
 
 def run_model(model: LoadedModel, pixels: np.ndarray) -> list[list[float]]:
     """pixels float32 [N, 28, 28] -> probabilities [N, C] as Python floats."""
-    # Few torch calls per request: each one releases and retakes the GIL, which costs more than
-    # the arithmetic under concurrency.
-    batch = torch.from_numpy(np.ascontiguousarray(pixels[:, None], dtype=np.float32))  # [N, 1, 28, 28]
-    if model.device.type != "cpu":
-        batch = batch.to(model.device)
-    with torch.inference_mode():
-        rows: list[list[float]] = model.forward(batch).tolist()
+    batch = np.ascontiguousarray(pixels[:, None], dtype=np.float32)  # [N, 1, 28, 28]
+    if isinstance(model.forward, OnnxForward):  # NumPy in and out: no torch in the path (nor installed, maybe)
+        rows: list[list[float]] = model.forward.run(batch).tolist()
+    else:
+        rows = _run_torch(model, batch)
     # Renormalise in float64 (Python floats) so the JSON values sum to 1 as closely as floats allow.
     normalised = []
     for row in rows:
         total = math.fsum(row)
         normalised.append([p / total for p in row])
     return normalised
+
+
+def _run_torch(model: LoadedModel, batch: np.ndarray) -> list[list[float]]:
+    import torch  # a dictionary lookup once imported; the slim image never gets here
+
+    # Few torch calls per request: each one releases and retakes the GIL, which costs more than
+    # the arithmetic under concurrency.
+    tensor = torch.from_numpy(batch)
+    if model.device.type != "cpu":
+        tensor = tensor.to(str(model.device))
+    with torch.inference_mode():
+        rows: list[list[float]] = model.forward(tensor).tolist()
+    return rows
 
 
 def prepare_uploads(images: Sequence[bytes | Image.Image], recipe: str, max_pixels: int) -> np.ndarray:

@@ -11,17 +11,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import torch
-
-from app.core.artifacts import LoadedModel, jit_deprecation_silenced
+from app.core.artifacts import TORCHSCRIPT, LoadedModel, jit_deprecation_silenced
 
 logger = logging.getLogger("pixelserve.optimize")
 
 
 def optimized(model: LoadedModel) -> LoadedModel:
     """`model` with a frozen, inference-optimised forward; `model` itself where that does not apply."""
+    if model.device.type != "cpu" or model.format != TORCHSCRIPT:  # model.onnx (no torch, maybe): as loaded
+        return model
+    import torch
+
     module = model.forward
-    if model.device.type != "cpu" or not isinstance(module, torch.jit.ScriptModule):
+    if not isinstance(module, torch.jit.ScriptModule):
         return model
     try:
         with jit_deprecation_silenced():

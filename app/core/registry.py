@@ -16,10 +16,9 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-import torch
-
 from app.core import metrics
-from app.core.artifacts import ArtifactError, LoadedModel, load_model
+from app.core.artifacts import ONNX, ArtifactError, LoadedModel, load_model
+from app.core.devices import Device
 from app.core.errors import ModelNotFound, NotReady
 from app.core.onnx_runtime import ONNXRUNTIME, served_by_onnxruntime
 from app.core.optimize import optimized
@@ -32,7 +31,7 @@ logger = logging.getLogger("pixelserve.registry")
 @dataclass
 class ModelRegistry:
     repository: ModelRepository
-    device: torch.device
+    device: Device
     wanted: list[str] | None = None  # None: every model in the repository
     optimize: bool = True  # freeze + optimize_for_inference on CPU (app/core/optimize.py)
     runtime: str = "torchscript"  # or onnxruntime: model.onnx where it agrees (app/core/onnx_runtime.py)
@@ -164,7 +163,8 @@ class ModelRegistry:
         loaded = load_model(self.repository.artifact_path(name, version), self.device)
         loaded = dataclasses.replace(loaded, name=name)  # served under its folder's name
         # ONNX Runtime is checked against the loaded torch model; without it, the torch model is served.
-        onnx = served_by_onnxruntime(loaded) if self.runtime == ONNXRUNTIME else None
+        # Without torch, load_model gave model.onnx, checked on its own, already.
+        onnx = served_by_onnxruntime(loaded) if self.runtime == ONNXRUNTIME and loaded.format != ONNX else None
         return onnx or (optimized(loaded) if self.optimize else loaded)
 
     @property
