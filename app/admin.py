@@ -3,6 +3,7 @@
 export PIXELSERVE_ADMIN_TOKEN=...
 pixelserve-admin --url http://127.0.0.1:8000 train fashion --epochs 3 --wait
 pixelserve-admin jobs | status 7 | cancel 7 | versions fashion | activate fashion 2
+pixelserve-admin rollout fashion [--candidate 2 --weight 0.2 --shadow 3] | promote fashion | abort fashion
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class Admin:
         body.update(given_values(args, TrainingParameters))  # the rest: the server's defaults
         if args.min_accuracy is not None:
             body["min_accuracy"] = args.min_accuracy
+        if args.canary is not None or args.shadow:
+            how: dict[str, Any] = {"canary": args.canary} if args.canary is not None else {"shadow": True}
+            body["rollout"] = {**how, **auto_rule(args)}
         headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
         job: dict[str, Any] = self.call("POST", "/train", json=body, headers=headers)
         return job
@@ -66,6 +70,39 @@ class Admin:
                 bar.close()
                 return job
             time.sleep(poll)
+
+
+def auto_rule(args: argparse.Namespace) -> dict[str, Any]:
+    """`{"auto": {...}}` from --auto-min-requests / --auto-min-agreement, or nothing."""
+    if args.auto_min_requests is None:
+        return {}
+    rule: dict[str, Any] = {"min_requests": args.auto_min_requests}
+    if args.auto_min_agreement is not None:
+        rule["min_agreement"] = args.auto_min_agreement
+    return {"auto": rule}
+
+
+def rollout(admin: Admin, args: argparse.Namespace) -> Any:
+    """GET the model's rollout, or PUT a new policy when any part of one is given."""
+    policy = {
+        key: value
+        for key, value in (
+            ("candidate", args.candidate),
+            ("weight", args.weight),
+            ("shadow", args.shadow),
+            ("shadow_rate", args.shadow_rate),
+        )
+        if value is not None
+    }
+    policy.update(auto_rule(args))
+    if not policy:
+        return admin.call("GET", f"/models/{args.model}/rollout")
+    return admin.call("PUT", f"/models/{args.model}/rollout", json=policy)
+
+
+def add_auto_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--auto-min-requests", type=int, help="decide on its own after N shadowed/candidate requests")
+    command.add_argument("--auto-min-agreement", type=float, help="promote only at or above this agreement (0-1)")
 
 
 class ProgressLine:
@@ -109,6 +146,10 @@ def parser() -> argparse.ArgumentParser:
     add_model_arguments(train, TrainingParameters)
     train.add_argument("--min-accuracy", type=float, help="publication floor (0-1)")
     train.add_argument("--idempotency-key")
+    publish_as = train.add_mutually_exclusive_group()
+    publish_as.add_argument("--canary", type=float, metavar="WEIGHT", help="publish as a canary with this weight")
+    publish_as.add_argument("--shadow", action="store_true", help="publish in the served version's shadow")
+    add_auto_arguments(train)
     train.add_argument("--wait", action="store_true", help="follow the job; exit 1 unless it succeeds")
     train.add_argument("--poll", type=float, default=1.0)
     commands.add_parser("jobs", help="list jobs, newest first").add_argument("--limit", type=int, default=20)
@@ -119,6 +160,15 @@ def parser() -> argparse.ArgumentParser:
     activate.add_argument("model")
     activate.add_argument("version")
     activate.add_argument("--no-pin", action="store_true", help="let later publications move on")
+    policy = commands.add_parser("rollout", help="show a model's rollout, or set one with any option below")
+    policy.add_argument("model")
+    policy.add_argument("--candidate", help="canary: the version answering --weight of the requests")
+    policy.add_argument("--weight", type=float)
+    policy.add_argument("--shadow", help="a version run on the same inputs after each answer")
+    policy.add_argument("--shadow-rate", type=float)
+    add_auto_arguments(policy)
+    commands.add_parser("promote", help="make a rollout's candidate (else shadow) current").add_argument("model")
+    commands.add_parser("abort", help="end a rollout; the served version alone again").add_argument("model")
     return root
 
 
@@ -137,6 +187,12 @@ def run(argv: list[str] | None = None) -> int:
         result = admin.call("GET", f"/train/{args.job_id}")
     elif args.command == "cancel":
         result = admin.call("POST", f"/train/{args.job_id}/cancel")
+    elif args.command == "rollout":
+        result = rollout(admin, args)
+    elif args.command == "promote":
+        result = admin.call("POST", f"/models/{args.model}/rollout/promote")
+    elif args.command == "abort":
+        result = admin.call("DELETE", f"/models/{args.model}/rollout")
     elif args.command == "versions":
         detail = admin.call("GET", f"/models/{args.model}")
         result = {"served_version": detail["served_version"], "versions": detail["version_details"]}

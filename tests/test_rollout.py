@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -47,6 +52,17 @@ def fleet(versions: Path, tmp_path: Path) -> Iterator[list[str]]:
     }
     with replicas(env, 2, tmp_path) as urls:
         yield urls
+
+
+def admin(url: str, *command: str) -> Any:
+    done = subprocess.run(
+        [sys.executable, "-m", "app.admin", "--url", url, *command],
+        env={**os.environ, "PIXELSERVE_ADMIN_TOKEN": TOKEN},
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    return json.loads(done.stdout)
 
 
 def predict(client: httpx.Client, url: str, key: str | None = None) -> str:
@@ -161,12 +177,11 @@ def test_promote_and_the_refusals(fleet: list[str], versions: Path) -> None:
         broken = client.put("/models/mnist/rollout", json={"shadow": "3"}, headers=ADMIN)
         assert broken.status_code == 409 and "cannot be served" in broken.json()["error"]
 
-        assert (
-            client.put("/models/mnist/rollout", json={"candidate": "2", "weight": 0.5}, headers=ADMIN).status_code
-            == 200
-        )
-        promoted = client.post("/models/mnist/rollout/promote", headers=ADMIN)
-        assert promoted.json() == {"model": "mnist", "version": "2", "pinned": False}
+        # The admin script: set a canary, read it back, promote.
+        set_ = admin(url, "rollout", "mnist", "--candidate", "2", "--weight", "0.5")
+        assert set_["rollout"]["candidate"] == "2" and set_["applied"]["candidate_loaded"]
+        assert admin(url, "rollout", "mnist")["rollout"]["weight"] == 0.5
+        assert admin(url, "promote", "mnist") == {"model": "mnist", "version": "2", "pinned": False}
         assert ModelRepository(versions).read_pointer("mnist") == ("2", False)
         assert ModelRepository(versions).read_rollout("mnist") is None
         assert client.get("/models/mnist").json()["served_version"] == "2"
