@@ -289,6 +289,16 @@ def test_admin_console_trains_shows_and_rolls_back(browser: Browser, cluster: tu
     expect(page.locator("[data-model=mnist] tr.served th")).to_have_text("v1")
     detail = httpx.get(f"{base}/models/mnist").json()
     assert detail["served_version"] == "1" and detail["pinned"] is True
+
+    # A rollout from the console: version 2 in the shadow, then promoted.
+    page.get_by_role("button", name="Shadow mnist version 2").click()
+    expect(page.locator("#notice")).to_contain_text("mnist: version 2 runs in the shadow")
+    expect(page.locator("[data-model=mnist] p.rollout")).to_contain_text("v2 runs in the shadow")
+    assert httpx.get(f"{base}/models/mnist").json()["rollout"]["shadow"] == "2"
+    page.get_by_role("button", name="Promote mnist rollout").click()
+    expect(page.locator("#notice")).to_contain_text("mnist now serves version 2")
+    expect(page.locator("[data-model=mnist] tr.served th")).to_have_text("v2")
+    expect(page.locator("[data-model=mnist] p.rollout")).to_have_count(0)
     page.set_viewport_size(PHONE["viewport"])
     page.screenshot(path=shots / "admin-phone.png", full_page=True)
     admin.check_and_close()

@@ -63,28 +63,79 @@ session.refreshModels = async () => {
     session.models.set(model.name, model);
     const rows = [...model.version_details].sort((a, b) => versionNumber(b.version) - versionNumber(a.version)).map((v) => {
       const served = v.version === model.served_version;
-      const state = served ? (model.pinned ? "served, pinned" : "served") : v.error ? "unreadable" : "";
+      const rollout = model.rollout;
+      const trial = rollout?.candidate === v.version ? `candidate ${Math.round(rollout.weight * 100)} %` : rollout?.shadow === v.version ? "shadow" : "";
+      const state = served ? (model.pinned ? "served, pinned" : "served") : v.error ? "unreadable" : trial;
       const show = el("button", { type: "button", class: "small", onclick: () => session.showVersion(model.name, v.version) }, "Plots");
       show.setAttribute("aria-label", `plots of ${model.name} version ${v.version}`);
       const activate = el("button", { type: "button", class: "small", disabled: served || Boolean(v.error), onclick: () => activateVersion(model, v.version) },
         versionNumber(v.version) < versionNumber(model.served_version ?? "0") ? "Roll back" : "Activate");
       activate.setAttribute("aria-label", `${activate.textContent} ${model.name} to version ${v.version}`);
+      const canary = rolloutButton(model, v, "Canary", served);
+      const shadow = rolloutButton(model, v, "Shadow", served);
       return el("tr", { class: served ? "served" : "" },
         el("th", { scope: "row" }, `v${v.version}`),
         el("td", {}, percent(v.test_accuracy, 2)),
         el("td", {}, when(v.created_at)),
         el("td", {}, v.architecture ?? v.error ?? "–"),
         el("td", {}, state),
-        el("td", { class: "actions" }, show, activate));
+        el("td", { class: "actions" }, show, activate, canary, shadow));
     });
     const head = el("thead", {}, el("tr", {}, ...["Version", "Accuracy", "Created", "Architecture", "State", ""].map((h) => el("th", { scope: "col" }, h))));
     cards.push(el("article", { class: "card model", "data-model": model.name },
       el("h3", {}, `${model.name} `, el("span", { class: "muted" }, `${model.dataset ?? ""} · serves ${model.served_version ? `v${model.served_version}` : "nothing"}${model.pinned ? " (pinned)" : ""}`)),
       model.error ? el("p", { class: "error" }, model.error) : null,
+      model.rollout ? rolloutLine(model) : null,
       el("div", { class: "scroll" }, el("table", {}, head, el("tbody", {}, ...rows)))));
   }
   $("models").replaceChildren(...cards);
 };
+
+// Rollouts (PUT/DELETE /models/{name}/rollout, POST .../promote): a canary or a shadow, then promote or abort.
+function rolloutButton(model, v, kind, served) {
+  const button = el("button", { type: "button", class: "small", disabled: served || Boolean(v.error), onclick: () => startRollout(model, v.version, kind) }, kind);
+  button.setAttribute("aria-label", `${kind} ${model.name} version ${v.version}`);
+  return button;
+}
+
+function rolloutLine(model) {
+  const r = model.rollout;
+  const parts = [r.candidate && `candidate v${r.candidate} answers ${Math.round(r.weight * 100)} %`, r.shadow && `v${r.shadow} runs in the shadow (${Math.round(r.shadow_rate * 100)} %)`];
+  const act = (verb, method, path) => {
+    const button = el("button", { type: "button", class: "small", onclick: () => endRollout(model, verb, method, path) }, verb);
+    button.setAttribute("aria-label", `${verb} ${model.name} rollout`);
+    return button;
+  };
+  const base = `/models/${encodeURIComponent(model.name)}/rollout`;
+  return el("p", { class: "rollout" }, `Rollout: ${parts.filter(Boolean).join("; ")}${r.auto ? `; decides after ${r.auto.min_requests} requests` : ""}. `,
+    act("Promote", "POST", `${base}/promote`), " ", act("Abort", "DELETE", base));
+}
+
+async function startRollout(model, version, kind) {
+  let policy = { shadow: version };
+  if (kind === "Canary") {
+    const answer = window.prompt(`Share of ${model.name}'s requests for version ${version} (0-1):`, "0.1");
+    if (answer === null) return;
+    policy = { candidate: version, weight: Number(answer) };
+  }
+  try {
+    await session.admin(`/models/${encodeURIComponent(model.name)}/rollout`, { method: "PUT", json: policy });
+    session.notice(kind === "Canary" ? `${model.name}: version ${version} answers ${Math.round(policy.weight * 100)} % of requests.` : `${model.name}: version ${version} runs in the shadow.`);
+    await session.refreshModels();
+  } catch (error) {
+    session.notice(`${kind} refused: ${error.message}`);
+  }
+}
+
+async function endRollout(model, verb, method, path) {
+  try {
+    const { body } = await session.admin(path, { method });
+    session.notice(verb === "Promote" ? `${model.name} now serves version ${body.version}.` : `${model.name}: rollout aborted.`);
+    await session.refreshModels();
+  } catch (error) {
+    session.notice(`${verb} refused: ${error.message}`);
+  }
+}
 
 async function activateVersion(model, version) {
   const verb = versionNumber(version) < versionNumber(model.served_version ?? "0") ? "Roll back" : "Activate";
