@@ -27,6 +27,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from contextlib import ExitStack
+from importlib.util import find_spec
 from pathlib import Path
 
 from prometheus_client.mmap_dict import MmapedDict
@@ -94,7 +95,9 @@ def spread(before: dict[str, float], after: dict[str, float]) -> list[float]:
     return [d / total for d in done] if total else []
 
 
-def _row(name: str, concurrency: int, runs: list[tuple[WrkResult, list[float]]]) -> str:
+def _row(
+    name: str, concurrency: int, runs: list[tuple[WrkResult, list[float]]], before: list[tuple[WrkResult, list[float]]]
+) -> str:
     def med(values: list[float]) -> float:
         return statistics.median(values)
 
@@ -105,9 +108,12 @@ def _row(name: str, concurrency: int, runs: list[tuple[WrkResult, list[float]]])
     busiest = f"{med(shares):.0%} (max {max(shares):.0%})" if shares else "-"
     errors = sum(w.non_2xx + w.socket_errors for w, _ in runs)
     rounds = ", ".join(f"{r:.0f}" for r in rates)
+    # Per round against "before" (same round, minutes apart at most): what the machine's load does to both cancels.
+    paired = [w.requests_per_s / b.requests_per_s for (w, _), (b, _) in zip(runs, before, strict=False) if b.requests]
+    ratio = f"{med(paired):.2f}" if paired and runs is not before else "-"
     return (
         f"| {name} | {concurrency} | {med(rates):.1f} | {med(goodput):.1f} | {p50:.2f} | {p99:.2f} | {p99 / p50:.2f} "
-        f"| {busiest} "
+        f"| {ratio} | {busiest} "
         f"| {errors} | {rounds} |"
     )
 
@@ -128,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, int], list[tuple[WrkResult, list[float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="pixelserve-edge-") as scratch, ExitStack() as stack:
         servers: dict[str, tuple[Server, Path, Path]] = {}
+        if "granian" in args.variants and find_spec("granian") is None:  # not a dependency: pip install granian
+            print("  skipping granian: not installed (pip install granian)", flush=True)
+            args.variants.remove("granian")
         for name in args.variants:
             folder = Path(scratch) / name
             folder.mkdir()
@@ -159,11 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         f"variant and concurrency, interleaved; medians over rounds; overload shedding off. "
         "Busiest worker: its share of a run's requests.",
         "",
-        "| variant | concurrency | req/s | 2xx/s | p50 ms | p99 ms | p99/p50 | busiest worker | errors "
-        "| req/s per round |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | concurrency | req/s | 2xx/s | p50 ms | p99 ms | p99/p50 | req/s / before's, paired "
+        "| busiest worker | errors | req/s per round |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    lines += [_row(name, c, runs) for (name, c), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
+    ordered = sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+    lines += [_row(name, c, runs, results.get(("before", c), [])) for (name, c), runs in ordered]
     markdown = "\n".join(lines) + "\n"
     print(markdown, end="")
     raw = {
