@@ -201,9 +201,7 @@ def running(
     log_path = scratch / "server.log"
     with log_path.open("wb") as log:
         # Own session/process group: a Ctrl-C reaches only this harness, which then stops the server.
-        process = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_ready(base_url + variant.ready_path.format(**values), process, ready_timeout_s, log_path)
             yield Server(variant, process, base_url, variant.predict_path.format(**values), log_path)
