@@ -2,11 +2,11 @@
 
 FastAPI reads and parses a route's JSON body before it runs the route's dependencies, so a guard
 written as a dependency alone lets anyone make the server parse a body: a 9 MB JSON array took
-0.25 s of the event loop, and malformed JSON got 400/422 instead of 401. This ASGI layer matches
-the admin routes' paths (taken from the routers themselves), answers 401/403 from the headers
-alone, then reads at most ADMIN_MAX_BODY_BYTES (413 past that, declared or streamed) and hands the
-buffered body on. The router-level `require_admin` dependency stays, for the OpenAPI document and
-as a second lock.
+0.25 s of the event loop, and malformed JSON got 400/422 instead of 401. The edge layer
+(app/edge.py) matches the admin routes' paths (taken from the routers themselves) and calls
+`gate`: 401/403 from the headers alone, then at most ADMIN_MAX_BODY_BYTES read (413 past that,
+declared or streamed) and the buffered body handed on. The router-level `require_admin`
+dependency stays, for the OpenAPI document and as a second lock.
 """
 
 from __future__ import annotations
@@ -44,35 +44,35 @@ def _refuse(error: PixelserveError) -> ASGIApp:
 
 
 class AdminGate:
-    def __init__(self, app: ASGIApp, settings: Settings, admin_routes: Iterable[BaseRoute]) -> None:
-        self.app = app
+    def __init__(self, settings: Settings, admin_routes: Iterable[BaseRoute]) -> None:
         self.settings = settings
         self.paths: list[re.Pattern[str]] = [route.path_regex for route in admin_routes if isinstance(route, Route)]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not any(path.match(scope["path"]) for path in self.paths):
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        authorization = headers.get(b"authorization", b"").decode("latin-1") or None
-        if (refusal := admin_refusal(self.settings, authorization)) is not None:
+    def guards(self, path: str) -> bool:
+        return any(pattern.match(path) for pattern in self.paths)
+
+    async def gate(
+        self, scope: Scope, receive: Receive, send: Send, authorization: bytes, declared: bytes | None
+    ) -> Receive | None:
+        """The body, buffered and replayed, once the caller may use it; None when refused (answered) or gone."""
+        if (refusal := admin_refusal(self.settings, authorization.decode("latin-1") or None)) is not None:
             await _refuse(refusal)(scope, receive, send)
-            return
+            return None
         too_large = BodyTooLarge(f"admin request bodies are limited to {ADMIN_MAX_BODY_BYTES} bytes")
-        declared = headers.get(b"content-length", b"0")
+        declared = b"0" if declared is None else declared
         if not declared.isdigit() or len(declared) > 18 or int(declared) > ADMIN_MAX_BODY_BYTES:
             await _refuse(too_large)(scope, receive, send)
-            return
+            return None
         body, more = bytearray(), True
         while more:
             message = await receive()
             if message["type"] != "http.request":  # the client left: nothing to answer
-                return
+                return None
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > ADMIN_MAX_BODY_BYTES:
                 await _refuse(too_large)(scope, receive, send)
-                return
+                return None
         replayed = False
 
         async def replay() -> Message:
@@ -82,4 +82,4 @@ class AdminGate:
                 return {"type": "http.request", "body": bytes(body), "more_body": False}
             return await receive()  # after the body: a disconnect, as the server reports it
 
-        await self.app(scope, replay, send)
+        return replay

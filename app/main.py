@@ -12,8 +12,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from app.admin_gate import AdminGate
-from app.catch_all import CatchAll
 from app.core import metrics, metrics_export, rollout_decisions
 from app.core.batching import Batcher
 from app.core.devices import serving_device, set_torch_threads
@@ -25,13 +23,11 @@ from app.core.registry import ModelRegistry
 from app.core.repository import ModelRepository
 from app.core.settings import Settings
 from app.core.shadow import ShadowRunner
+from app.edge import Edge
 from app.http_errors import install_error_handlers
-from app.limits import BodySizeLimit
 from app.openapi import install_openapi
-from app.request_metrics import RequestMetrics
 from app.routes import ADMIN_ROUTERS, api_router
 from app.routes.metrics import router as metrics_router
-from app.shed_early import ShedEarly
 
 logger = logging.getLogger("pixelserve")
 
@@ -127,10 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     if settings.metrics_port is None:  # else on its own port, away from the load balancer
         app.include_router(metrics_router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     admin_routes = [route for router in ADMIN_ROUTERS for route in router.routes]
-    app.add_middleware(AdminGate, settings=settings, admin_routes=admin_routes)
-    app.add_middleware(ShedEarly, settings=settings)  # under overload, 503 before routing (app/shed_early.py)
-    app.add_middleware(CatchAll, access_log=settings.access_log)  # added last: the outermost, around everything above
-    app.add_middleware(RequestMetrics)  # outermost: counts CatchAll's 500s too, times the whole request
+    # One pure ASGI layer, outermost: request id, shedding, admin gate, body limit, 500s, access log, metrics.
+    app.add_middleware(Edge, settings=settings, admin_routes=admin_routes)
     return app

@@ -5,7 +5,7 @@ FastAPI derives the document from the routes, and misses what happens around the
   error as ErrorBody ({"error", "code"});
 - a route whose JSON body FastAPI parses answers 400 for a body that is not JSON at all (not
   UTF-8, nested past the parser's depth): FastAPI raises that before any handler of ours runs;
-- every request body is bounded (app.limits.BodySizeLimit; app.admin_gate for admin routes): 413;
+- every request body is bounded (app.limits, app.admin_gate for admin routes; run by app.edge): 413;
 - the admin routes take a Bearer token, documented as a security scheme (what clients and
   fuzzers understand) rather than as the optional `authorization` header parameter the guard's
   signature shows.

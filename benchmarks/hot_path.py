@@ -28,7 +28,8 @@ from benchmarks.variants import VARIANTS
 # Frames whose inclusive share is listed (substring of py-spy's "function (file)" label).
 FRAMES = (
     "RequestResponseCycle.run_asgi (uvicorn/protocols/http/httptools_impl.py",
-    "CatchAll.__call__ (app/catch_all.py",
+    "Edge.__call__ (app/edge.py",
+    "APIRouter.app (fastapi/routing.py",
     "get_request_handler.<locals>.app (fastapi/routing.py",
     "solve_dependencies (fastapi/dependencies/utils.py",
     "predict (app/routes/predict.py",
@@ -36,8 +37,8 @@ FRAMES = (
     "open_uploads (app/core/upload_cost.py",
     "Batcher.submit (app/core/batching.py",
     "answer_or_gone (app/deadlines.py",
-    "_log_access (app/catch_all.py",
-    "uuid4 (uuid.py",
+    "log_access (app/catch_all.py",
+    "record (app/request_metrics.py",
     "Batcher._execute (app/core/batching.py",
     "prepare_uploads (app/core/inference.py",
     "run_model (app/core/inference.py",

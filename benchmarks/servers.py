@@ -185,9 +185,11 @@ def _stop(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
 
 @contextmanager
 def running(
-    variant: Variant, context: Mapping[str, str], scratch: Path, ready_timeout_s: float = 120.0
+    variant: Variant, context: Mapping[str, str], scratch: Path, ready_timeout_s: float = 120.0, cwd: Path = ROOT
 ) -> Iterator[Server]:
-    """Start `variant` on free ports, wait for its ready path, and always stop it afterwards."""
+    """Start `variant` on free ports, wait for its ready path, and always stop it afterwards.
+
+    `cwd`: the checkout whose `app` a `python -m ...` command imports (another one: a before/after comparison)."""
     names = ("port", *variant.extra_ports)
     ports = {name: str(port) for name, port in zip(names, free_ports(len(names)), strict=True)}
     values = {**context, **ports, "python": sys.executable, "root": str(ROOT), "scratch": str(scratch)}
@@ -199,9 +201,7 @@ def running(
     log_path = scratch / "server.log"
     with log_path.open("wb") as log:
         # Own session/process group: a Ctrl-C reaches only this harness, which then stops the server.
-        process = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_ready(base_url + variant.ready_path.format(**values), process, ready_timeout_s, log_path)
             yield Server(variant, process, base_url, variant.predict_path.format(**values), log_path)
