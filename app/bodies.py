@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
+from app.core.captures import CapturePolicy
 from app.core.catalogue import Architecture, DatasetName, JobStatus, TrainingParameters, json_number
 from app.core.repository import MODEL_NAME
 
@@ -50,6 +51,7 @@ class ModelDetail(ModelSummary):
     version_details: list[VersionInfo]
     pinned: bool = Field(False, description="the served version is pinned: newer publications do not take over")
     metadata: dict[str, Any] = Field(description="full metadata embedded in the served artifact")
+    capture: CapturePolicy | None = Field(None, description="what PIXELSERVE_CAPTURE captures of it; null: off")
 
 
 class VersionDetail(BaseModel):

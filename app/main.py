@@ -17,6 +17,8 @@ from app.admin_gate import AdminGate
 from app.catch_all import CatchAll
 from app.core import metrics, metrics_export
 from app.core.batching import Batcher
+from app.core.captures import Capturer
+from app.core.captures_store import CaptureStore
 from app.core.devices import resolve_device
 from app.core.drain import Drainer
 from app.core.job_store import JobStore
@@ -74,8 +76,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.refresh()
         app.state.registry = registry
         # Without an admin token the job routes refuse before touching the store: a serving-only
-        # replica (a read-only repository, say) opens no database at all.
-        app.state.job_store = JobStore(settings.job_store) if settings.admin_token else None
+        # replica (a read-only repository, say) opens no database at all, unless it captures.
+        app.state.job_store = JobStore(settings.job_store) if settings.admin_token or settings.capture else None
+        app.state.capture_store = (
+            CaptureStore(app.state.job_store, settings.captures_root) if app.state.job_store is not None else None
+        )
+        app.state.capturer = (
+            Capturer(app.state.capture_store, settings.capture, settings.capture_queue) if settings.capture else None
+        )
         app.state.metrics_registry = metrics_export.scrape_registry(app.state.job_store)
         # PIXELSERVE_METRICS_PORT in one process (plain uvicorn): served from here, unless `python -m app`
         # serves it already; with several workers, only the supervisor (app/__main__.py) does.
@@ -99,6 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if own_port and settings.metrics_port is not None:
                 metrics_export.stop_port(settings.metrics_port)
             app.state.batcher.close()
+            if app.state.capturer is not None:  # after the batcher: no more offers; writes what is queued
+                await run_in_threadpool(app.state.capturer.close)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

@@ -173,3 +173,17 @@ def reload_polled() -> None:
 
 def reload_failed(model: str = "") -> None:
     RELOAD_FAILURES.labels(model).inc()
+
+
+# -- captures (app/core/captures.py) ---------------------------------------------------------
+
+CAPTURES = Counter(
+    "pixelserve_captures",
+    "Captured images by model and outcome: stored, dropped (hand-off full), failed (write error), evicted (retention)",
+    ["model", "outcome"],
+)
+
+
+def captured(model: str, outcome: str, images: int = 1) -> None:
+    """`model` is a key of PIXELSERVE_CAPTURE (bounded); `outcome` one of the four above."""
+    CAPTURES.labels(model, outcome).inc(images)

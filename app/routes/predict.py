@@ -16,6 +16,7 @@ from PIL import Image
 from pydantic import TypeAdapter
 
 from app.bodies import PredictionBody
+from app.catch_all import request_id_of
 from app.core.batching import Batcher
 from app.core.errors import (
     BodyTooLarge,
@@ -175,14 +176,18 @@ async def predict(
             raise
         prepare = partial(prepare_uploads, opened, model.recipe, settings.max_image_pixels)
         kept: list[np.ndarray] = []  # the inputs themselves, with include_input (the batcher returns probabilities)
-        if include_input:
+        capturer = state.capturer if state.capturer is not None and state.capturer.wants(model.name) else None
+        if include_input or capturer is not None:
             prepare = partial(_keeping, prepare, kept)
         deadline = deadline_of(settings, started)
         heavy = is_heavy(pixels, len(images), settings)
         answer = batcher.submit(model, prepare, len(images), heavy=heavy, deadline=deadline, started=started)
     if (rows := await answer_or_gone(request, batcher, answer, deadline)) is None:
         return Response(status_code=CLIENT_GONE)  # nobody reads it; its work was dropped unrun
-    seen = [input_png(pixels) for pixels in kept[0]] if kept else None
+    if capturer is not None and kept:  # hands off, never waits (app/core/captures.py)
+        originals = images if capturer.keeps_originals(model.name) else None
+        capturer.offer(model.name, model.version, kept[0], rows, model.labels, request_id_of(request.scope), originals)
+    seen = [input_png(pixels) for pixels in kept[0]] if include_input and kept else None
     bodies = [Prediction(model.name, model.version, model.labels, row).to_json(top_k) for row in rows]
     if seen is not None:
         for body, png in zip(bodies, seen, strict=True):
