@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from app import admin
 from app.core.captures_export import IMAGES_FILE, LABELS_FILE
 from app.core.catalogue import FASHION_LABELS
 from tests.helpers import encode
@@ -68,7 +69,15 @@ def _predict(url: str, model: str, png: bytes, request_id: str) -> dict[str, obj
     return response.json()  # type: ignore[no-any-return]
 
 
-def test_captures_end_to_end(server: str, repository: Path, mnist: LoadedDataset, fashion: LoadedDataset) -> None:
+def test_captures_end_to_end(
+    server: str,
+    repository: Path,
+    mnist: LoadedDataset,
+    fashion: LoadedDataset,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
     url = server
     noise = np.random.default_rng(0)
     uploads = [encode(mnist.test.images[i].numpy()) for i in range(24)]
@@ -136,6 +145,21 @@ def test_captures_end_to_end(server: str, repository: Path, mnist: LoadedDataset
     assert images.shape == (2, 28, 28) and torch.equal(images[0], torch.from_numpy(np.array(first_png)))
     assert httpx.get(f"{url}/captures/export", params={"model": "nosuch"}, headers=AUTH).status_code == 404
 
+    # The admin script: the same routes over HTTP.
+    monkeypatch.setenv("PIXELSERVE_ADMIN_TOKEN", TOKEN)
+    capsys.readouterr()
+    assert admin.run(["--url", url, "label", str(second["id"]), "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] == "4"
+    assert admin.run(["--url", url, "captures", "--model", "mnist", "--labelled"]) == 0
+    assert [c["id"] for c in json.loads(capsys.readouterr().out)] == [second["id"], first["id"]]
+    assert admin.run(["--url", url, "capture-export", "mnist", "-o", str(tmp_path / "mnist.tar")]) == 0
+    with tarfile.open(tmp_path / "mnist.tar") as archive:
+        member = next(m for m in archive.getmembers() if m.name.endswith(LABELS_FILE))
+        assert parse_idx(archive.extractfile(member).read()).tolist() == [7, 4]  # type: ignore[union-attr]
+    with pytest.raises(admin.AdminError, match="HTTP 422"):
+        admin.run(["--url", url, "label", str(second["id"]), "cat"])
+    capsys.readouterr()
+
     # Delete: the row and its file.
     files_before = len(list((repository / ".captures" / "mnist").glob("*.png")))
     assert httpx.delete(f"{url}/captures/{first['id']}", headers=AUTH).status_code == 204
@@ -151,7 +175,7 @@ def test_captures_end_to_end(server: str, repository: Path, mnist: LoadedDataset
         assert httpx.request(method, f"{url}{path}", json={"label": "1"}).status_code == 401
         wrong = {"Authorization": "Bearer nope"}
         assert httpx.request(method, f"{url}{path}", json={"label": "1"}, headers=wrong).status_code == 403
-    assert httpx.get(f"{url}/captures/{second['id']}", headers=AUTH).json()["label"] == "3"  # nothing changed
+    assert httpx.get(f"{url}/captures/{second['id']}", headers=AUTH).json()["label"] == "4"  # nothing changed
 
 
 def test_a_full_hand_off_never_fails_a_request(repository: Path, tmp_path: Path, mnist: LoadedDataset) -> None:

@@ -115,14 +115,14 @@ def export_captures(model: Annotated[str, Query(max_length=100)], store: Capture
     return Response(tar, media_type="application/x-tar", headers={"Content-Disposition": disposition})
 
 
-@router.get("/{capture_id}", response_model=CaptureView, responses=responses(CaptureNotFound))
+@router.get("/{capture_id:int}", response_model=CaptureView, responses=responses(CaptureNotFound))
 def get_capture(capture_id: int, store: CaptureStoreDep) -> CaptureView:
     """One capture's metadata."""
     return view(_found(store, capture_id))
 
 
 @router.get(
-    "/{capture_id}/image",
+    "/{capture_id:int}/image",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}, "description": "the 28x28 model input"},
                **responses(CaptureNotFound)},
@@ -138,7 +138,7 @@ def get_capture_image(capture_id: int, store: CaptureStoreDep) -> Any:
 
 
 @router.put(
-    "/{capture_id}/label",
+    "/{capture_id:int}/label",
     response_model=CaptureView,
     responses=responses(CaptureNotFound, InvalidLabel, Conflict),
 )
@@ -156,7 +156,7 @@ def set_capture_label(
     return view(updated)
 
 
-@router.delete("/{capture_id}", status_code=204, response_class=Response, responses=responses(CaptureNotFound))
+@router.delete("/{capture_id:int}", status_code=204, response_class=Response, responses=responses(CaptureNotFound))
 def delete_capture(capture_id: int, store: CaptureStoreDep) -> Response:
     """Delete a capture: its index row and its files."""
     if not store.delete(capture_id):
