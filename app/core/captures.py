@@ -27,6 +27,12 @@ from app.core.captures_store import CaptureStore, NewCapture
 
 logger = logging.getLogger("pixelserve.captures")
 WRITE_BATCH = 64  # captures written per database transaction at most
+# The writer gathers captures this long after the first of a batch: a commit (an fsync on SQLite and
+# PostgreSQL) per capture cost the serving process more than the rest of capturing together.
+BATCH_WINDOW_S = 0.05
+# Retention is checked at most this often per model (two queries): the bound may be passed by at
+# most one interval's captures, for a moment.
+RETENTION_INTERVAL_S = 1.0
 
 
 class CapturePolicy(BaseModel):
@@ -69,6 +75,8 @@ class Capturer:
     ) -> None:
         self.store, self.policies, self._draw = store, policies, draw
         self._queue: queue.Queue[_Offered | None] = queue.Queue(maxsize=queue_size)
+        self._unretained: set[str] = set()  # models written to since their last retention check
+        self._retained_at = float("-inf")
         self._writer = threading.Thread(target=self._write_loop, name="capture-writer", daemon=True)
         self._writer.start()
 
@@ -121,12 +129,17 @@ class Capturer:
     def _write_loop(self) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            try:  # idle with captures unchecked: wake up to check their retention
+                first = self._queue.get(timeout=RETENTION_INTERVAL_S if self._unretained else None)
+            except queue.Empty:
+                self._retain()
+                continue
             batch = [] if first is None else [first]
             stopping = first is None
+            closes_at = time.monotonic() + BATCH_WINDOW_S
             while not stopping and len(batch) < WRITE_BATCH:
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(0.0, closes_at - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is None:
@@ -135,6 +148,7 @@ class Capturer:
                     batch.append(item)
             if batch:
                 self._write(batch)
+            self._retain(force=stopping)
 
     def _write(self, batch: list[_Offered]) -> None:
         captures = [
@@ -150,7 +164,16 @@ class Capturer:
             return
         for item in batch:
             metrics.captured(item.model, "stored")
-        for model in {item.model for item in batch}:
+            self._unretained.add(item.model)
+        logger.debug("wrote captures %s", written)
+
+    def _retain(self, force: bool = False) -> None:
+        """Retention of the models written to since the last check, at most every RETENTION_INTERVAL_S."""
+        if not self._unretained or (not force and time.monotonic() < self._retained_at + RETENTION_INTERVAL_S):
+            return
+        self._retained_at = time.monotonic()
+        models, self._unretained = self._unretained, set()
+        for model in models:
             policy = self.policies[model]
             try:
                 evicted = self.store.enforce_retention(model, policy.max_count, policy.max_bytes)
@@ -159,4 +182,3 @@ class Capturer:
                 continue
             if evicted:
                 metrics.captured(model, "evicted", evicted)
-        logger.debug("wrote captures %s", written)
