@@ -77,12 +77,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--data-dir", type=Path, default=DATASETS_ROOT / "mnist", help="the MNIST IDX folder")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     results: dict[str, list[WrkResult]] = {name: [] for name in VARIANTS}
     cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}  # server CPU seconds per request, per round
     with tempfile.TemporaryDirectory(prefix="pixelserve-captures-bench-") as folder:
         root = Path(folder)
-        script = write_lua_script(root, mnist_test_pngs(DATASETS_ROOT / "mnist", 64), "/predict/mnist")
+        script = write_lua_script(root, mnist_test_pngs(args.data_dir, 64), "/predict/mnist")
         servers = {}
         for name, rate in VARIANTS.items():
             (root / name).mkdir()
@@ -124,7 +126,7 @@ def main() -> None:
     markdown = "\n".join(["# Capture cost per request", "", *rows, *notes]) + "\n"
     print(markdown)
     raw = {"summary": summary, "counts": counts, "runs": {k: [vars(r) for r in v] for k, v in results.items()}}
-    write_results(ROOT / "benchmarks" / "results", "captures", markdown, raw)
+    write_results(args.output, "captures", markdown, raw)
 
 
 if __name__ == "__main__":

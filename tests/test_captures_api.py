@@ -7,7 +7,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import sqlite3
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +25,8 @@ from PIL import Image
 from app import admin
 from app.core.captures_export import IMAGES_FILE, LABELS_FILE
 from app.core.catalogue import FASHION_LABELS
-from tests.helpers import encode
-from tests.processes import replicas, wait_for
+from tests.helpers import dataset_dir, encode
+from tests.processes import ROOT, replicas, wait_for
 from training.data import LoadedDataset, parse_idx
 
 TOKEN = "capture-token"
@@ -225,3 +228,15 @@ def _sample(text: str, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.split()[-1])
     raise AssertionError(f"{series} not in the scrape")
+
+
+def test_capture_benchmark_quick(tmp_path: Path) -> None:
+    """benchmarks/captures.py end to end, in seconds: its table names all three variants."""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed")
+    argv = [sys.executable, "-m", "benchmarks.captures", "--rounds", "1", "--seconds", "1", "--connections", "2"]
+    argv += ["--data-dir", str(dataset_dir("mnist")), "--output", str(tmp_path)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    table = (tmp_path / "captures-latest.md").read_text()
+    assert all(f"| {name} |" in table for name in ("off", "rate 0.01", "rate 1.0")) and '"stored"' in table
