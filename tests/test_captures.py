@@ -16,7 +16,7 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
-from app.core.artifacts import read_metadata
+from app.core.artifacts import load_model, read_metadata
 from app.core.captures import CapturePolicy, Capturer
 from app.core.captures_export import IMAGES_FILE, LABELS_FILE, export_tar
 from app.core.captures_store import CaptureStore, NewCapture
@@ -167,6 +167,15 @@ def test_training_job_includes_captures_and_gates_on_them(
     assert done is not None and done["status"] == "succeeded", done
     meta = read_metadata(ModelRepository(repository).artifact_path("mnist", done["version"]))
     assert meta["captures"] == {"trained": 80 - held, "held_out": held, "weight": 3, "skipped": 0}
-    assert 0 <= meta["capture_accuracy"] <= 1 and meta["test_accuracy"] > 0
+    # capture_accuracy is the published model's own on exactly the held-out captures (labels as they were then).
+    path = ModelRepository(repository).artifact_path("mnist", done["version"])
+    served = load_model(path, torch.device("cpu"))
+    held_ids = [i for i in ids if is_held_out(i, 0.5)]
+    labels_then = {i: (truth[n] + 1) % 10 if n % 2 == 0 else truth[n] for n, i in enumerate(ids)}
+    pixels = torch.stack([torch.from_numpy(store.pixels(store.get(i) or {})) for i in held_ids]).float() / 255
+    with torch.inference_mode():
+        predicted = served.forward(pixels.unsqueeze(1)).argmax(dim=1).tolist()
+    expected = sum(p == labels_then[i] for p, i in zip(predicted, held_ids, strict=True)) / len(held_ids)
+    assert meta["capture_accuracy"] == pytest.approx(expected) and meta["test_accuracy"] > 0
     assert failed is not None and failed["status"] == "failed", failed
     assert "held-out captures is below the floor 0.9000" in failed["error"]
