@@ -179,3 +179,16 @@ def test_training_job_includes_captures_and_gates_on_them(
     assert meta["capture_accuracy"] == pytest.approx(expected) and meta["test_accuracy"] > 0
     assert failed is not None and failed["status"] == "failed", failed
     assert "held-out captures is below the floor 0.9000" in failed["error"]
+
+
+def test_a_tightened_policy_applies_at_start_without_new_captures(tmp_path: Path) -> None:
+    store = CaptureStore(JobStore(f"sqlite:///{tmp_path / 'jobs.sqlite'}"), tmp_path / ".captures")
+    ids = store.add([_new(i) for i in range(6)])
+    capturer = Capturer(store, {"m": CapturePolicy(rate=0.0, max_count=2)}, queue_size=10)
+    try:
+        deadline = time.monotonic() + 10
+        while len(store.search(model="m")) > 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sorted(c["id"] for c in store.search(model="m")) == ids[-2:]
+    finally:
+        capturer.close()

@@ -75,7 +75,9 @@ class Capturer:
     ) -> None:
         self.store, self.policies, self._draw = store, policies, draw
         self._queue: queue.Queue[_Offered | None] = queue.Queue(maxsize=queue_size)
-        self._unretained: set[str] = set()  # models written to since their last retention check
+        # Models written to since their last retention check; all of them at first, so a policy
+        # tightened since the last start is applied within a second of it, captures or not.
+        self._unretained: set[str] = set(policies)
         self._retained_at = float("-inf")
         self._writer = threading.Thread(target=self._write_loop, name="capture-writer", daemon=True)
         self._writer.start()
