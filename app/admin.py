@@ -4,6 +4,7 @@ export PIXELSERVE_ADMIN_TOKEN=...
 pixelserve-admin --url http://127.0.0.1:8000 train fashion --epochs 3 --wait
 pixelserve-admin jobs | status 7 | cancel 7 | versions fashion | activate fashion 2
 pixelserve-admin rollout fashion [--candidate 2 --weight 0.2 --shadow 3] | promote fashion | abort fashion
+pixelserve-admin captures --model mnist --unlabelled | label 12 7 | capture-export mnist -o mnist.tar
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class Admin:
         self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.send(method, path, **kwargs)
+        return None if response.status_code == 204 else response.json()
+
+    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -41,7 +46,21 @@ class Admin:
             except ValueError:
                 message = response.text
             raise AdminError(f"{method} {path}: HTTP {response.status_code}: {message}")
-        return response.json()
+        return response
+
+    def captures(self, args: argparse.Namespace) -> Any:
+        names = ("model", "version", "label", "min_confidence", "max_confidence", "limit", "before")
+        params = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+        if args.labelled is not None:
+            params["labelled"] = str(args.labelled).lower()
+        return self.call("GET", "/captures", params=params)
+
+    def save(self, path: str, params: dict[str, Any] | None, output: str) -> dict[str, Any]:
+        """GET a file (a capture's PNG, an export's tar) into `output`."""
+        data = self.send("GET", path, params=params).content
+        with open(output, "wb") as handle:
+            handle.write(data)
+        return {"saved": output, "bytes": len(data)}
 
     def train(self, args: argparse.Namespace) -> dict[str, Any]:
         body: dict[str, Any] = {"model": args.model}
@@ -169,7 +188,48 @@ def parser() -> argparse.ArgumentParser:
     add_auto_arguments(policy)
     commands.add_parser("promote", help="make a rollout's candidate (else shadow) current").add_argument("model")
     commands.add_parser("abort", help="end a rollout; the served version alone again").add_argument("model")
+    add_capture_commands(commands)
     return root
+
+
+def add_capture_commands(commands: Any) -> None:
+    """The /captures routes: list, show, image, label, delete, export."""
+    listing = commands.add_parser("captures", help="list captures, newest first")
+    for flag in ("--model", "--version", "--label"):
+        listing.add_argument(flag)
+    listing.add_argument("--min-confidence", type=float)
+    listing.add_argument("--max-confidence", type=float)
+    labelled = listing.add_mutually_exclusive_group()
+    labelled.add_argument("--labelled", dest="labelled", action="store_const", const=True)
+    labelled.add_argument("--unlabelled", dest="labelled", action="store_const", const=False)
+    listing.add_argument("--limit", type=int)
+    listing.add_argument("--before", type=int, help="ids below this: the next page")
+    for name, text in (("capture", "a capture's metadata"), ("capture-delete", "delete a capture and its files")):
+        commands.add_parser(name, help=text).add_argument("capture_id", type=int)
+    image = commands.add_parser("capture-image", help="save a capture's 28x28 PNG")
+    image.add_argument("capture_id", type=int)
+    image.add_argument("-o", "--output", required=True)
+    label = commands.add_parser("label", help="set or correct a capture's label")
+    label.add_argument("capture_id", type=int)
+    label.add_argument("label")
+    export = commands.add_parser("capture-export", help="save a model's labelled captures as IDX files in a tar")
+    export.add_argument("model")
+    export.add_argument("-o", "--output", required=True)
+
+
+def run_capture_command(admin: Admin, args: argparse.Namespace) -> Any:
+    if args.command == "captures":
+        return admin.captures(args)
+    if args.command == "capture":
+        return admin.call("GET", f"/captures/{args.capture_id}")
+    if args.command == "capture-delete":
+        admin.call("DELETE", f"/captures/{args.capture_id}")
+        return {"deleted": args.capture_id}
+    if args.command == "capture-image":
+        return admin.save(f"/captures/{args.capture_id}/image", None, args.output)
+    if args.command == "label":
+        return admin.call("PUT", f"/captures/{args.capture_id}/label", json={"label": args.label})
+    return admin.save("/captures/export", {"model": args.model}, args.output)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -193,6 +253,8 @@ def run(argv: list[str] | None = None) -> int:
         result = admin.call("POST", f"/models/{args.model}/rollout/promote")
     elif args.command == "abort":
         result = admin.call("DELETE", f"/models/{args.model}/rollout")
+    elif args.command.startswith("capture") or args.command == "label":
+        result = run_capture_command(admin, args)
     elif args.command == "versions":
         detail = admin.call("GET", f"/models/{args.model}")
         result = {"served_version": detail["served_version"], "versions": detail["version_details"]}

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
+from app.core.captures import CapturePolicy
 from app.core.catalogue import Architecture, DatasetName, JobStatus, TrainingParameters, json_number
 from app.core.repository import MODEL_NAME
 from app.core.rollout import PublishRollout, StoredRollout
@@ -52,6 +53,7 @@ class ModelDetail(ModelSummary):
     pinned: bool = Field(False, description="the served version is pinned: newer publications do not take over")
     metadata: dict[str, Any] = Field(description="full metadata embedded in the served artifact")
     rollout: StoredRollout | None = Field(None, description="the canary/shadow policy, if any (admin: /rollout)")
+    capture: CapturePolicy | None = Field(None, description="what PIXELSERVE_CAPTURE captures of it; null: off")
 
 
 class VersionDetail(BaseModel):

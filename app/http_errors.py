@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import compile_path
+from starlette.routing import Match, compile_path
 
 from app.core.errors import Overloaded, PixelserveError, Unauthorized
 
@@ -60,7 +60,14 @@ def _allowed_methods(request: Request) -> list[str]:
         if compile_path(template)[0].match(request.url.path)
         for method in operations
     }
+    # ...that a route takes: its own pattern knows convertors (`/captures/{id:int}` is not `/captures/export`).
+    methods = {method for method in methods if _routed(request, method)}
     return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
+
+
+def _routed(request: Request, method: str) -> bool:
+    scope = {**request.scope, "method": method}
+    return any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes)
 
 
 def install_error_handlers(app: FastAPI) -> None:

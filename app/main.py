@@ -14,6 +14,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.core import metrics, metrics_export, rollout_decisions
 from app.core.batching import Batcher
+from app.core.captures import Capturer
+from app.core.captures_store import CaptureStore
 from app.core.devices import serving_device, set_torch_threads
 from app.core.drain import Drainer
 from app.core.job_store import JobStore
@@ -76,10 +78,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.refresh()
         app.state.registry = registry
         app.state.shadows = ShadowRunner(app.state.batcher, settings.overload, settings.request_timeout_s)
-        app.state.capturer = None
         # Without an admin token the job routes refuse before touching the store: a serving-only
-        # replica (a read-only repository, say) opens no database at all.
-        app.state.job_store = JobStore(settings.job_store) if settings.admin_token else None
+        # replica (a read-only repository, say) opens no database at all, unless it captures.
+        app.state.job_store = JobStore(settings.job_store) if settings.admin_token or settings.capture else None
+        app.state.capture_store = (
+            CaptureStore(app.state.job_store, settings.captures_root) if app.state.job_store is not None else None
+        )
+        app.state.capturer = (
+            Capturer(app.state.capture_store, settings.capture, settings.capture_queue) if settings.capture else None
+        )
         app.state.metrics_registry = metrics_export.scrape_registry(app.state.job_store)
         # PIXELSERVE_METRICS_PORT in one process (plain uvicorn): served from here, unless `python -m app`
         # serves it already; with several workers, only the supervisor (app/__main__.py) does.
@@ -103,6 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if own_port and settings.metrics_port is not None:
                 metrics_export.stop_port(settings.metrics_port)
             app.state.batcher.close()
+            if app.state.capturer is not None:  # after the batcher: no more offers; writes what is queued
+                await run_in_threadpool(app.state.capturer.close)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

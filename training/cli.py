@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         config = TrainConfig.model_validate(values)
     except ValidationError as exc:
         parser.error("; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()))
+    if config.include_captures:  # they live in the job store: only a job (python -m training.worker) reads them
+        parser.error("--include-captures: submit a training job (pixelserve-admin train) to train on captures")
     return config, args
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from app.core.captures_export import labelled_arrays
+from app.core.captures_store import CaptureStore
 from app.core.catalogue import DATASETS, FASHION_LABELS, MNIST_LABELS, DatasetSpec, get_dataset_spec
 from training.datasets import IDX_SHA256, resolve_dataset
 
@@ -29,11 +31,22 @@ class Split:
 
 
 @dataclass(frozen=True)
+class CaptureSplit:
+    """A model's labelled captures (app/core/captures_store.py), split for one training run."""
+
+    train: Split  # added to the training set `weight` times
+    held_out: Split  # never trained on: capture_accuracy and its floor are measured here
+    weight: int
+    skipped: int  # labelled captures left out: a label the dataset lacks, or an unreadable file
+
+
+@dataclass(frozen=True)
 class LoadedDataset:
     spec: DatasetSpec
     train: Split
     test: Split
     checksums: dict[str, str]  # file name -> SHA-256 of the bytes read
+    captures: CaptureSplit | None = None  # with include_captures
 
 
 _FILES = {
@@ -113,3 +126,28 @@ def take_first(split: Split, max_samples: int | None) -> Split:
     if max_samples is None or max_samples >= split.images.shape[0]:
         return split
     return Split(split.images[:max_samples], split.labels[:max_samples])
+
+
+def is_held_out(capture_id: int, share: float) -> bool:
+    """Deterministic by the capture's id: a capture stays on its side of the split in every later job."""
+    digest = hashlib.sha256(f"pixelserve-capture:{capture_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def load_captures(store: CaptureStore, model: str, spec: DatasetSpec, held_out: float, weight: int) -> CaptureSplit:
+    """The model's labelled captures whose labels are the dataset's, split by is_held_out."""
+    found = labelled_arrays(store, model, spec.labels)
+    held = torch.tensor([is_held_out(i, held_out) for i in found.ids], dtype=torch.bool)
+    images, labels = torch.from_numpy(found.images), torch.from_numpy(found.labels)
+    return CaptureSplit(
+        train=Split(images[~held], labels[~held]), held_out=Split(images[held], labels[held]), weight=weight,
+        skipped=found.skipped,
+    )  # fmt: skip
+
+
+def with_captures(split: Split, captures: CaptureSplit | None) -> Split:
+    """The training split plus the captures' training part, each capture repeated `weight` times."""
+    if captures is None or captures.train.images.shape[0] == 0:
+        return split
+    images = torch.cat([split.images, captures.train.images.repeat(captures.weight, 1, 1)])
+    return Split(images, torch.cat([split.labels, captures.train.labels.repeat(captures.weight)]))

@@ -38,7 +38,7 @@ from app.core.durable import fsync_dir
 from app.core.repository import ModelRepository
 from training.config import TrainConfig
 from training.data import LoadedDataset
-from training.loop import TrainResult
+from training.loop import TrainResult, evaluate
 from training.networks import count_parameters
 from training.onnx_export import onnx_exporter_missing, to_onnx, write_onnx
 
@@ -97,10 +97,29 @@ def to_exported_program(module: nn.Module) -> torch.export.ExportedProgram:
     return program
 
 
+def capture_accuracy(model: nn.Module, data: LoadedDataset) -> float | None:
+    """Accuracy on the held-out captures; None without any (eager: call under _TRACE_LOCK)."""
+    if data.captures is None or data.captures.held_out.images.shape[0] == 0:
+        return None
+    return evaluate(model, data.captures.held_out, torch.device("cpu"), len(data.spec.labels)).accuracy
+
+
 def build_metadata(
-    name: str, version: str, config: TrainConfig, data: LoadedDataset, result: TrainResult, sha256: str
+    name: str,
+    version: str,
+    config: TrainConfig,
+    data: LoadedDataset,
+    result: TrainResult,
+    sha256: str,
+    on_captures: float | None = None,
 ) -> dict[str, Any]:
     labels = list(data.spec.labels)
+    captures = data.captures
+    trained_on = {} if captures is None else {
+        "capture_accuracy": on_captures,
+        "captures": {"trained": int(captures.train.images.shape[0]), "held_out": int(captures.held_out.images.shape[0]),
+                     "weight": captures.weight, "skipped": captures.skipped},
+    }  # fmt: skip
     return {
         "format": FORMAT,
         "name": name,
@@ -127,6 +146,7 @@ def build_metadata(
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "weights_sha256": sha256,
         "formats": list(FORMATS),  # export_model drops onnx where it was not written
+        **trained_on,
     }
 
 
@@ -186,13 +206,14 @@ def export_model(
     onnx_model = None if missing else to_onnx(program)
     with _TRACE_LOCK:  # state_dict() meets the fake-tensor mode of another thread's torch.export
         sha256 = weights_sha256(served)
+        on_captures = capture_accuracy(result.model, data)
     for _attempt in range(100):
         versions = ModelRepository(repository).taken_versions(name)
         version = str(versions[-1] + 1 if versions else 1)
         staging = model_dir / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            metadata = build_metadata(name, version, config, data, result, sha256)
+            metadata = build_metadata(name, version, config, data, result, sha256, on_captures)
             if onnx_model is None:
                 metadata["formats"].remove(ONNX)
             staged = [

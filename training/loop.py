@@ -17,7 +17,7 @@ from tqdm import tqdm
 from app.core.devices import resolve_device
 from training.augment import POLICIES, augment_batch
 from training.config import TrainConfig
-from training.data import LoadedDataset, Split, take_first
+from training.data import LoadedDataset, Split, take_first, with_captures
 from training.networks import create_network
 
 logger = logging.getLogger("pixelserve.training")
@@ -151,7 +151,7 @@ def train(
     device = resolve_device(config.device)
     if config.threads and device.type == "cpu":
         torch.set_num_threads(config.threads)
-    train_split = take_first(data.train, config.max_samples)
+    train_split = with_captures(take_first(data.train, config.max_samples), data.captures)
     # Whole sets live on the device once; batches are index slices of them.
     train_images = train_split.images.to(device)  # uint8 [N, 28, 28]
     train_labels = train_split.labels.to(device)  # [N]

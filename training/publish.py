@@ -18,6 +18,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,7 +30,7 @@ from app.core.repository import ModelRepository
 from app.core.rollout import PublishRollout, StoredRollout
 from app.core.rollout_ledger import RolloutLedger
 from training.config import TrainConfig
-from training.data import LoadedDataset
+from training.data import LoadedDataset, Split
 from training.export import export_model
 from training.loop import TrainResult, to_input
 
@@ -49,11 +50,28 @@ class JobStopped(PublicationRefused):
 
 
 def held_out_accuracy(path: Path, data: LoadedDataset) -> float:
-    model = load_model(path, torch.device("cpu"))
-    images = to_input(data.test.images[:VALIDATION_IMAGES], torch.device("cpu"))  # [N, 1, 28, 28]
+    return _accuracy(load_model(path, torch.device("cpu")), data.test, VALIDATION_IMAGES)
+
+
+def _accuracy(model: Any, split: Split, limit: int | None = None) -> float:
+    images = to_input(split.images[:limit], torch.device("cpu"))  # [N, 1, 28, 28]
     with torch.inference_mode():
         predicted = model.forward(images).argmax(dim=1)
-    return float((predicted == data.test.labels[:VALIDATION_IMAGES]).float().mean())
+    return float((predicted == split.labels[:limit]).float().mean())
+
+
+def check_captures(path: Path, data: LoadedDataset, floor: float | None) -> None:
+    """The gate's second floor: accuracy of the artifact itself on the held-out captures."""
+    if floor is None:
+        return
+    held_out = data.captures.held_out if data.captures is not None else None
+    if held_out is None or held_out.images.shape[0] == 0:
+        raise PublicationRefused(f"min_capture_accuracy {floor:.4f} is set but no labelled capture was held out")
+    accuracy = _accuracy(load_model(path, torch.device("cpu")), held_out)
+    if accuracy < floor:
+        raise PublicationRefused(
+            f"accuracy {accuracy:.4f} on {held_out.images.shape[0]} held-out captures is below the floor {floor:.4f}"
+        )
 
 
 def publish(
@@ -87,6 +105,7 @@ def publish(
             raise PublicationRefused(
                 f"accuracy {accuracy:.4f} on {VALIDATION_IMAGES} test images is below the floor {min_accuracy:.4f}"
             )
+        check_captures(staged, data, config.min_capture_accuracy)
         if (reason := stop_reason()) is not None:
             raise JobStopped(reason)
 

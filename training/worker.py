@@ -9,6 +9,7 @@ any other worker, or an API replica, reaps the job: requeued while attempts rema
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -23,12 +24,13 @@ from pydantic import Field
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.core import logs
+from app.core.captures_store import CaptureStore
 from app.core.catalogue import JobStatus
 from app.core.job_store import STOP_CANCELLED, STOP_LOST, Job, JobStore
 from app.core.rollout import PUBLISH_ROLLOUT
 from app.core.settings import CommonSettings
 from training.config import TrainConfig
-from training.data import LoadedDataset, load_dataset
+from training.data import LoadedDataset, load_captures, load_dataset
 from training.datasets import dataset_folder
 from training.loop import EpochMetrics, TrainingCancelled, train
 from training.publish import JobStopped, PublicationRefused, publish
@@ -119,7 +121,18 @@ class JobRun:
 
     def load_data(self) -> LoadedDataset:
         # Found or downloaded (once, into the user cache) and verified; a failure fails this job only.
-        return load_dataset(self.config.dataset, data_root=self.settings.data_dir)
+        data = load_dataset(self.config.dataset, data_root=self.settings.data_dir)
+        if not self.config.include_captures:
+            return data
+        store = CaptureStore(self.store, self.settings.captures_root)
+        config = self.config
+        captures = load_captures(store, config.model_name, data.spec, config.captures_held_out, config.captures_weight)
+        logger.info(
+            "job %s: %d labelled captures to train on (x%d), %d held out, %d skipped",
+            *(self.job["id"], captures.train.labels.shape[0], config.captures_weight),
+            *(captures.held_out.labels.shape[0], captures.skipped),
+        )
+        return dataclasses.replace(data, captures=captures)
 
     def run(self) -> None:
         """Train, publish and record the outcome; every line logged meanwhile carries the job id."""

@@ -96,3 +96,13 @@ class TrainingParameters(BaseModel):
         None, description="train on the first N images only (quick jobs, tests); the test set stays whole"
     )
     seed: JsonInt = Field(1, ge=0, le=2**31 - 1, description="for the initial weights, the order and augmentation")
+    include_captures: StrictBool = Field(
+        False, description="also train on the model's labelled captures (PIXELSERVE_CAPTURE), minus a held-out slice"
+    )
+    captures_weight: JsonInt = Field(1, ge=1, le=100, description="how many times a capture counts vs a dataset image")
+    captures_held_out: JsonFloat = Field(
+        0.2, ge=0, le=0.9, description="share of labelled captures kept out of training to measure capture_accuracy"
+    )
+    min_capture_accuracy: Annotated[float, Field(ge=0, le=1), BeforeValidator(json_number)] | None = Field(
+        None, description="publication floor on the held-out captures (needs include_captures)"
+    )

@@ -135,3 +135,15 @@ class DeadlineExceeded(PixelserveError):
 
     status_code = 504
     code = "deadline_exceeded"
+
+
+class CaptureNotFound(PixelserveError):
+    status_code = 404
+    code = "capture_not_found"
+
+
+class InvalidLabel(PixelserveError):
+    """A label the capture's model does not have."""
+
+    status_code = 422
+    code = "invalid_label"

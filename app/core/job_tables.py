@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 # The counters of a rollout that every replica adds to (app/core/rollout.py RolloutCounts' integer fields).
@@ -56,4 +56,23 @@ model_events = Table(
     Column("action", String(32), nullable=False),  # rollout, aborted, promoted, published
     Column("by", String(200), nullable=False),
     Column("detail", JSON, nullable=False),
+)
+# Captured predictions (app/core/captures_store.py): the index; the pixels are PNG files on the
+# shared volume (`file`, relative to the captures folder). Newest first is id order, as for jobs.
+captures = Table(
+    "pixelserve_captures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(100), nullable=False),
+    Column("version", String(20), nullable=False),
+    Column("request_id", String(200), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("prediction", String(100), nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("probabilities", JSON, nullable=False),
+    Column("label", String(100), nullable=True),  # set by an admin; null: not labelled yet
+    Column("file", String(300), nullable=False),
+    Column("original", String(300), nullable=True),  # only with keep_originals
+    Column("bytes", Integer, nullable=False),  # both files together: what retention counts
+    Index("ix_pixelserve_captures_model_id", "model", "id"),
 )

@@ -219,3 +219,17 @@ def version_answered(model: str, version: str, role: str, confidences: list[floa
 
 def shadow_compared(model: str, answered: str, shadow: str, outcome: str, images: int = 1) -> None:
     SHADOW_COMPARISONS.labels(model, answered, shadow, outcome).inc(images)
+
+
+# -- captures (app/core/captures.py) ---------------------------------------------------------
+
+CAPTURES = Counter(
+    "pixelserve_captures",
+    "Captured images by model and outcome: stored, dropped (hand-off full), failed (write error), evicted (retention)",
+    ["model", "outcome"],
+)
+
+
+def captured(model: str, outcome: str, images: int = 1) -> None:
+    """`model` is a key of PIXELSERVE_CAPTURE (bounded); `outcome` one of the four above."""
+    CAPTURES.labels(model, outcome).inc(images)

@@ -14,7 +14,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.core.captures import CapturePolicy
 from app.core.logs import LogFormat
+from app.core.repository import is_model_name
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,17 @@ class CommonSettings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads per process")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: LogFormat = Field("text", description="text lines, or one JSON object per line")
+    capture_dir: Path | None = Field(
+        None, description="folder of captured inputs (PIXELSERVE_CAPTURE); default: <model_repository>/.captures"
+    )
 
     @property
     def job_store(self) -> str:
         return self.job_store_url or f"sqlite:///{(self.model_repository / '.jobs.sqlite').resolve()}"
+
+    @property
+    def captures_root(self) -> Path:
+        return self.capture_dir or self.model_repository / ".captures"
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -141,6 +150,14 @@ class Settings(CommonSettings):
     )
     access_log: bool = Field(True, description="one structured line per request (uvicorn's own access log is off)")
     ui: bool = Field(True, description="serve the playground (/ui; / redirects there) and admin console (/ui/admin)")
+    capture: Annotated[dict[str, CapturePolicy], NoDecode] = Field(
+        default_factory=dict,
+        description='per-model capture, JSON: {"mnist": {"rate": 0.01, "below_confidence": 0.6, "keep_originals": '
+        'false, "max_count": 10000, "max_bytes": 104857600}}; models not named are never captured',
+    )
+    capture_queue: int = Field(
+        1024, ge=1, le=65536, description="captured images waiting for the writer per process; past it they are dropped"
+    )
     admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes; unset: they refuse")
     drain_s: float = Field(0.0, ge=0, le=600, description="after SIGTERM: seconds not-ready but serving")
     shutdown_grace_s: float = Field(30.0, gt=0, description="then: longest wait for in-flight requests")
@@ -172,6 +189,14 @@ class Settings(CommonSettings):
     @classmethod
     def _parse_batching(cls, value: object) -> object:
         return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("capture", mode="before")
+    @classmethod
+    def _parse_capture(cls, value: object) -> object:
+        value = json.loads(value) if isinstance(value, str) else value
+        if isinstance(value, dict) and (bad := [name for name in value if not is_model_name(str(name))]):
+            raise ValueError(f"not model names: {bad}")
+        return value
 
     @field_validator("model_repository")
     @classmethod

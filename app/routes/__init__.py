@@ -5,7 +5,7 @@ from fastapi import APIRouter, Depends
 from app.core.errors import Forbidden, Unauthorized
 from app.deps import require_admin
 from app.http_errors import responses
-from app.routes import catalogue, health, models, predict, rollout, train, ui, versions
+from app.routes import captures, catalogue, health, models, predict, rollout, train, ui, versions
 from app.routes.v2 import router as v2_router
 
 api_router = APIRouter()
@@ -19,7 +19,7 @@ api_router.include_router(catalogue.router)
 api_router.include_router(ui.router)  # the browser pages (PIXELSERVE_UI)
 
 # app.admin_gate authenticates these paths before their bodies
-ADMIN_ROUTERS = (train.router, versions.router, rollout.router)
+ADMIN_ROUTERS = (train.router, versions.router, rollout.router, captures.router)
 for admin_router in ADMIN_ROUTERS:
     api_router.include_router(
         admin_router, dependencies=[Depends(require_admin)], responses=responses(Unauthorized, Forbidden)

@@ -9,7 +9,7 @@ from app.core.artifacts import ArtifactError, public_metadata, read_metadata
 from app.core.batch_work import BatchCounters
 from app.core.errors import Conflict, ModelNotFound, VersionNotFound
 from app.core.registry import ModelRegistry
-from app.deps import BatcherDep, RegistryDep
+from app.deps import BatcherDep, RegistryDep, SettingsDep
 from app.http_errors import responses
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -49,7 +49,7 @@ def list_models(registry: RegistryDep) -> list[ModelSummary]:
 
 
 @router.get("/{name}", response_model=ModelDetail, responses=responses(ModelNotFound))
-def get_model(name: str, registry: RegistryDep, batcher: BatcherDep) -> ModelDetail:
+def get_model(name: str, registry: RegistryDep, batcher: BatcherDep, settings: SettingsDep) -> ModelDetail:
     """One model: its served version, full metadata (absolute paths cut to their last part), and every version."""
     if name not in registry.models and name not in registry.expected_names():
         registry.get(name)  # raises the 404 naming the served models
@@ -64,6 +64,7 @@ def get_model(name: str, registry: RegistryDep, batcher: BatcherDep) -> ModelDet
         pinned=bool(loaded) and registry.repository.read_pointer(name) == (summary.served_version, True),
         metadata=public_metadata(loaded.metadata) if loaded else {},
         rollout=registry.repository.read_rollout(name),
+        capture=settings.capture.get(name),
     )
 
 
