@@ -172,7 +172,7 @@ def test_training_job_includes_captures_and_gates_on_them(
     served = load_model(path, torch.device("cpu"))
     held_ids = [i for i in ids if is_held_out(i, 0.5)]
     labels_then = {i: (truth[n] + 1) % 10 if n % 2 == 0 else truth[n] for n, i in enumerate(ids)}
-    pixels = torch.stack([torch.from_numpy(store.pixels(store.get(i) or {})) for i in held_ids]).float() / 255
+    pixels = torch.stack([torch.tensor(store.pixels(store.get(i) or {})) for i in held_ids]).float() / 255
     with torch.inference_mode():
         predicted = served.forward(pixels.unsqueeze(1)).argmax(dim=1).tolist()
     expected = sum(p == labels_then[i] for p, i in zip(predicted, held_ids, strict=True)) / len(held_ids)
