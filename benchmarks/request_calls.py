@@ -65,10 +65,19 @@ async def _count(requests: int) -> dict[str, float]:
                     return {"type": "http.request", "body": data, "more_body": False}
 
                 scope = {
-                    "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-                    "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-                    "headers": [(b"host", b"bench"), *headers], "client": ("127.0.0.1", 5), "server": ("127.0.0.1", 80),
-                }  # fmt: skip
+                    "type": "http",
+                    "asgi": {"version": "3.0"},
+                    "http_version": "1.1",
+                    "method": method,
+                    "scheme": "http",
+                    "path": path,
+                    "raw_path": path.encode(),
+                    "query_string": b"",
+                    "root_path": "",
+                    "headers": [(b"host", b"bench"), *headers],
+                    "client": ("127.0.0.1", 5),
+                    "server": ("127.0.0.1", 80),
+                }
                 await app(scope, receive, send)
 
             for _ in range(50):

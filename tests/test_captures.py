@@ -156,12 +156,18 @@ def test_training_job_includes_captures_and_gates_on_them(
     # Half the labels wrong before the jobs run: a floor of 0.9 on the held-out slice cannot pass.
     for capture_id, label in zip(ids[::2], truth[::2], strict=True):
         store.set_label(capture_id, str((label + 1) % 10))
-    refused, _ = jobs.create("mnist", {**quick, "include_captures": True, "captures_held_out": 0.5,
-                                        "min_capture_accuracy": 0.9})  # fmt: skip
+    refused, _ = jobs.create(
+        "mnist", {**quick, "include_captures": True, "captures_held_out": 0.5, "min_capture_accuracy": 0.9}
+    )
     settings = WorkerSettings(
-        model_repository=repository, job_store_url=url, data_dir=DATA_ROOT, min_publish_accuracy=0, device="cpu",
-        torch_threads=1, worker_id="capture-test",
-    )  # fmt: skip
+        model_repository=repository,
+        job_store_url=url,
+        data_dir=DATA_ROOT,
+        min_publish_accuracy=0,
+        device="cpu",
+        torch_threads=1,
+        worker_id="capture-test",
+    )
     run_worker(settings, threading.Event(), once=True)
     done, failed = jobs.get(good["id"]), jobs.get(refused["id"])
     assert done is not None and done["status"] == "succeeded", done

@@ -172,9 +172,14 @@ def test_captures_end_to_end(
     assert httpx.get(f"{url}/captures/{2**70}", headers=AUTH).status_code == 404
 
     # Admin only.
-    for method, path in (("GET", "/captures"), ("GET", f"/captures/{second['id']}"),
-                         ("GET", f"/captures/{second['id']}/image"), ("PUT", f"/captures/{second['id']}/label"),
-                         ("DELETE", f"/captures/{second['id']}"), ("GET", "/captures/export?model=mnist")):  # fmt: skip
+    for method, path in (
+        ("GET", "/captures"),
+        ("GET", f"/captures/{second['id']}"),
+        ("GET", f"/captures/{second['id']}/image"),
+        ("PUT", f"/captures/{second['id']}/label"),
+        ("DELETE", f"/captures/{second['id']}"),
+        ("GET", "/captures/export?model=mnist"),
+    ):
         assert httpx.request(method, f"{url}{path}", json={"label": "1"}).status_code == 401
         wrong = {"Authorization": "Bearer nope"}
         assert httpx.request(method, f"{url}{path}", json={"label": "1"}, headers=wrong).status_code == 403

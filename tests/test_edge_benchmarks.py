@@ -33,8 +33,23 @@ def test_request_calls_counts_calls_per_request(tmp_path: Path) -> None:
 
 def test_edge_benchmark_quick(tmp_path: Path) -> None:
     require_wrk()
-    out = run(["-m", "benchmarks.edge", "--variants", "after", "reuseport", "--rounds", "1", "--seconds", "1",
-               "--concurrency", "4", "--results-dir", str(tmp_path)])  # fmt: skip
+    out = run(
+        [
+            "-m",
+            "benchmarks.edge",
+            "--variants",
+            "after",
+            "reuseport",
+            "--rounds",
+            "1",
+            "--seconds",
+            "1",
+            "--concurrency",
+            "4",
+            "--results-dir",
+            str(tmp_path),
+        ]
+    )
     for variant in ("after", "reuseport"):
         row = re.search(rf"^\| {variant} \| 4 \| ([\d.]+) \| ([\d.]+) \|.*\| (\d+)% \(max", out, re.MULTILINE)
         assert row is not None, out

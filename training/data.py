@@ -140,9 +140,11 @@ def load_captures(store: CaptureStore, model: str, spec: DatasetSpec, held_out: 
     held = torch.tensor([is_held_out(i, held_out) for i in found.ids], dtype=torch.bool)
     images, labels = torch.from_numpy(found.images), torch.from_numpy(found.labels)
     return CaptureSplit(
-        train=Split(images[~held], labels[~held]), held_out=Split(images[held], labels[held]), weight=weight,
+        train=Split(images[~held], labels[~held]),
+        held_out=Split(images[held], labels[held]),
+        weight=weight,
         skipped=found.skipped,
-    )  # fmt: skip
+    )
 
 
 def with_captures(split: Split, captures: CaptureSplit | None) -> Split:

@@ -115,11 +115,19 @@ def build_metadata(
 ) -> dict[str, Any]:
     labels = list(data.spec.labels)
     captures = data.captures
-    trained_on = {} if captures is None else {
-        "capture_accuracy": on_captures,
-        "captures": {"trained": int(captures.train.images.shape[0]), "held_out": int(captures.held_out.images.shape[0]),
-                     "weight": captures.weight, "skipped": captures.skipped},
-    }  # fmt: skip
+    trained_on = (
+        {}
+        if captures is None
+        else {
+            "capture_accuracy": on_captures,
+            "captures": {
+                "trained": int(captures.train.images.shape[0]),
+                "held_out": int(captures.held_out.images.shape[0]),
+                "weight": captures.weight,
+                "skipped": captures.skipped,
+            },
+        }
+    )
     return {
         "format": FORMAT,
         "name": name,

@@ -124,9 +124,11 @@ def get_capture(capture_id: int, store: CaptureStoreDep) -> CaptureView:
 @router.get(
     "/{capture_id:int}/image",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "the 28x28 model input"},
-               **responses(CaptureNotFound)},
-)  # fmt: skip
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the 28x28 model input"},
+        **responses(CaptureNotFound),
+    },
+)
 def get_capture_image(capture_id: int, store: CaptureStoreDep) -> Any:
     """The 28x28 input the model saw, as an 8-bit grey PNG."""
     capture = _found(store, capture_id)
