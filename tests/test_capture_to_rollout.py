@@ -46,6 +46,10 @@ def test_capture_label_train_canary_promote(repository: Path, tmp_path: Path) ->
             for capture, (digit, _) in zip(captures, DIGITS, strict=True):
                 assert client.put(f"/captures/{capture['id']}/label", json={"label": str(digit)}).is_success
             assert len(client.get("/captures", params={"model": "mnist", "labelled": True}).json()) == len(DIGITS)
+            # An OIP request is captured too (unlabelled: it does not join the training set).
+            tensor = {"name": "image", "datatype": "UINT8", "shape": [1, 28, 28], "data": [0] * 784}
+            assert client.post("/v2/models/mnist/infer", json={"inputs": [tensor]}).is_success
+            wait_for(lambda: len(client.get("/captures", params={"labelled": False}).json()) == 1, 15)
 
             # 3. A job trains on the official set plus the captures and publishes as a canary.
             body: dict[str, Any] = {
