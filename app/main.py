@@ -30,6 +30,7 @@ from app.http_errors import install_error_handlers
 from app.openapi import install_openapi
 from app.routes import ADMIN_ROUTERS, api_router
 from app.routes.metrics import router as metrics_router
+from app.routes.predict import PLAIN_ROUTE
 
 logger = logging.getLogger("pixelserve")
 
@@ -130,6 +131,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(api_router)
+    # POST /predict/{name} first, as a plain route: FastAPI's per-request routing and parameter solving skipped
+    # (app/routes/predict.py); the FastAPI route behind it is what the OpenAPI document shows.
+    app.router.routes.insert(0, PLAIN_ROUTE)
     if settings.metrics_port is None:  # else on its own port, away from the load balancer
         app.include_router(metrics_router)
     admin_routes = [route for router in ADMIN_ROUTERS for route in router.routes]

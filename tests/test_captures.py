@@ -17,7 +17,7 @@ import torch
 from prometheus_client import REGISTRY
 
 from app.core.artifacts import load_model, read_metadata
-from app.core.captures import CapturePolicy, Capturer
+from app.core.captures import BATCH_WINDOW_S, CapturePolicy, Capturer
 from app.core.captures_export import IMAGES_FILE, LABELS_FILE, export_tar
 from app.core.captures_store import CaptureStore, NewCapture
 from app.core.catalogue import MNIST_LABELS
@@ -87,8 +87,14 @@ def test_a_full_hand_off_drops_and_counts_without_waiting(tmp_path: Path) -> Non
     blocker = sqlite3.connect(db, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: the writer's insert waits
     before = _dropped("full")
+    first = _new(0, "full")
+    capturer.offer("full", "1", first.pixels[None], [first.row], LABELS, None, None)
+    # The writer takes it, gathers for its batch window, then waits on the lock: from then on only the
+    # queue (2) holds what is offered. (Offered at once instead, the writer could drain them all into
+    # its batch while gathering, whenever the scheduler let it run during the loop.)
+    time.sleep(BATCH_WINDOW_S + 0.5)
     started = time.perf_counter()
-    for i in range(30):
+    for i in range(1, 31):
         capture = _new(i, "full")
         capturer.offer("full", "1", capture.pixels[None], [capture.row], LABELS, None, None)
     offering = time.perf_counter() - started
@@ -97,8 +103,8 @@ def test_a_full_hand_off_drops_and_counts_without_waiting(tmp_path: Path) -> Non
     blocker.close()
     capturer.close()
     assert offering < 1.0, f"30 offers took {offering:.3f} s: offer waited for the writer"
-    assert dropped >= 25  # at most the writer's first batch and the queue's 2 got through
-    assert len(store.search(model="full", limit=1000)) == 30 - dropped
+    assert dropped == 28  # the queue's 2 got through
+    assert len(store.search(model="full", limit=1000)) == 1 + 2
 
 
 def test_capturer_picks_by_rate_and_confidence_and_enforces_retention(tmp_path: Path) -> None:
