@@ -15,6 +15,9 @@ from app.core import metrics_export
 from app.core.job_store import JobStore
 from app.core.settings import Settings
 from app.http_protocol import UVICORN_HTTP
+from app.listeners import SpreadWorkers, can_spread
+
+APP = "app.main:create_app"
 
 
 def _prepare_metrics(settings: Settings, host: str) -> None:
@@ -45,20 +48,23 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     _prepare_metrics(settings, args.host)
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
+    options = {
+        "factory": True,
+        "host": args.host,
+        "port": args.port,
         # httptools with a bound on request headers (431 past PIXELSERVE_MAX_HEADER_BYTES).
-        http=UVICORN_HTTP,
+        "http": UVICORN_HTTP,
         # Processes, each with its own event loop, batcher and copy of the models: on a CPU box,
         # one per core gets past the GIL (see README, "Threads and processes").
-        workers=settings.workers,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
-        log_level=settings.log_level,
-        access_log=not settings.access_log,  # ours (app/catch_all.py) replaces uvicorn's: one line per request
-    )
+        "workers": settings.workers,
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
+        "log_level": settings.log_level,
+        "access_log": not settings.access_log,  # ours (app/edge.py) replaces uvicorn's: one line per request
+    }
+    if settings.workers > 1 and can_spread():  # a listener per worker: connections spread evenly (app/listeners.py)
+        SpreadWorkers(uvicorn.Config(APP, **options), args.host, args.port).run()
+    else:
+        uvicorn.run(APP, **options)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,3 +89,29 @@ def test_python_m_app_with_two_worker_processes(tiny_repository: Path, tmp_path:
     finally:
         stop(process)
     assert process.returncode == 0
+
+
+def test_a_killed_worker_is_replaced_and_its_listener_goes_with_it(tiny_repository: Path, tmp_path: Path) -> None:
+    """Each worker listens on its own SO_REUSEPORT socket (app/listeners.py). A worker killed with SIGKILL
+    is restarted by the supervisor on a fresh listener; were the dead one's socket still open in the
+    group, the kernel would keep handing it about half the new connections, and they would hang."""
+    port = free_port()
+    env = {"PIXELSERVE_MODEL_REPOSITORY": str(tiny_repository), "PIXELSERVE_WORKERS": "2"}
+    log = tmp_path / "server.log"
+    process = spawn(["-m", "app", "--port", str(port)], env, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        wait_for(lambda: log.read_text().count("Application startup complete.") == 2, 60)
+        assert "SO_REUSEPORT listeners" in log.read_text()
+        first = spawned_workers(process.pid)
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(spawned_workers(process.pid) - {victim}) == 2, 60)
+        wait_for(lambda: log.read_text().count("Application startup complete.") == 3, 60)
+        image = encode(draw_digit(4))
+        for _ in range(40):  # a new connection each: the kernel picks a listener per connection
+            answer = httpx.post(f"{url}/predict/mnist", content=image, headers={"Content-Type": "image/png"}, timeout=5)
+            assert answer.status_code == 200
+    finally:
+        stop(process)
