@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,7 +68,9 @@ def spawned_workers(supervisor: int) -> set[int]:
     return {pid for pid in children if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()}
 
 
-def test_python_m_app_with_two_worker_processes(tiny_repository: Path, tmp_path: Path) -> None:
+@pytest.fixture()
+def two_workers(tiny_repository: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """`python -m app` with PIXELSERVE_WORKERS=2, both workers through their start-up: (url, supervisor, log)."""
     port = free_port()
     env = {"PIXELSERVE_MODEL_REPOSITORY": str(tiny_repository), "PIXELSERVE_WORKERS": "2"}
     log = tmp_path / "server.log"
@@ -76,42 +79,40 @@ def test_python_m_app_with_two_worker_processes(tiny_repository: Path, tmp_path:
     try:
         wait_ready(url, process)  # one worker is up: wait for the other's application start-up too
         wait_for(lambda: log.read_text().count("Application startup complete.") == 2, 60)
-        workers = spawned_workers(process.pid)
-        assert len(workers) == 2, workers
-        started = {int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", log.read_text())}
-        assert started == workers  # each worker ran the app's start-up and serves on the shared socket
-        image = encode(draw_digit(5))
-        with httpx.Client(base_url=url) as client:
-            answers = [
-                client.post("/predict/mnist", content=image, headers={"Content-Type": "image/png"}) for _ in range(8)
-            ]
-        assert all(a.status_code == 200 for a in answers) and len({a.json()["label"] for a in answers}) == 1
+        yield url, process, log
     finally:
         stop(process)
+
+
+def test_python_m_app_with_two_worker_processes(two_workers: tuple[str, subprocess.Popen[bytes], Path]) -> None:
+    url, process, log = two_workers
+    workers = spawned_workers(process.pid)
+    assert len(workers) == 2, workers
+    started = {int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", log.read_text())}
+    assert started == workers  # each worker ran the app's start-up and serves on its listener
+    assert "SO_REUSEPORT listeners" in log.read_text()
+    image = encode(draw_digit(5))
+    with httpx.Client(base_url=url) as client:
+        answers = [
+            client.post("/predict/mnist", content=image, headers={"Content-Type": "image/png"}) for _ in range(8)
+        ]
+    assert all(a.status_code == 200 for a in answers) and len({a.json()["label"] for a in answers}) == 1
+    stop(process)
     assert process.returncode == 0
 
 
-def test_a_killed_worker_is_replaced_and_its_listener_goes_with_it(tiny_repository: Path, tmp_path: Path) -> None:
+def test_a_killed_worker_is_replaced_and_its_listener_goes_with_it(
+    two_workers: tuple[str, subprocess.Popen[bytes], Path],
+) -> None:
     """Each worker listens on its own SO_REUSEPORT socket (app/listeners.py). A worker killed with SIGKILL
     is restarted by the supervisor on a fresh listener; were the dead one's socket still open in the
     group, the kernel would keep handing it about half the new connections, and they would hang."""
-    port = free_port()
-    env = {"PIXELSERVE_MODEL_REPOSITORY": str(tiny_repository), "PIXELSERVE_WORKERS": "2"}
-    log = tmp_path / "server.log"
-    process = spawn(["-m", "app", "--port", str(port)], env, log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process)
-        wait_for(lambda: log.read_text().count("Application startup complete.") == 2, 60)
-        assert "SO_REUSEPORT listeners" in log.read_text()
-        first = spawned_workers(process.pid)
-        victim = min(first)
-        os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(spawned_workers(process.pid) - {victim}) == 2, 60)
-        wait_for(lambda: log.read_text().count("Application startup complete.") == 3, 60)
-        image = encode(draw_digit(4))
-        for _ in range(40):  # a new connection each: the kernel picks a listener per connection
-            answer = httpx.post(f"{url}/predict/mnist", content=image, headers={"Content-Type": "image/png"}, timeout=5)
-            assert answer.status_code == 200
-    finally:
-        stop(process)
+    url, process, log = two_workers
+    victim = min(spawned_workers(process.pid))
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(spawned_workers(process.pid) - {victim}) == 2, 60)
+    wait_for(lambda: log.read_text().count("Application startup complete.") == 3, 60)
+    image = encode(draw_digit(4))
+    for _ in range(40):  # a new connection each: the kernel picks a listener per connection
+        answer = httpx.post(f"{url}/predict/mnist", content=image, headers={"Content-Type": "image/png"}, timeout=5)
+        assert answer.status_code == 200
