@@ -44,15 +44,16 @@ def follow_up(
     uploads: list[bytes] | None = None,
 ) -> BackgroundTask | None:
     """The background task of a response: queue the shadow run and offer the capture, or None for neither."""
-    if not kept:
-        return None
-    pixels = kept[0]
     capturer = state.capturer
     capture = capturer is not None and capturer.wants(model.name)
+    shadow = rollout is not None and rollout.shadow is not None
+    if not kept or not (shadow or capture):  # kept for include_input alone: nothing to do after the answer
+        return None
+    pixels = kept[0]
     originals = uploads if capture and uploads is not None and capturer.keeps_originals(model.name) else None
 
     async def hand_off() -> None:  # async: run on the event loop, not in a thread
-        if rollout is not None:
+        if shadow and rollout is not None:
             state.shadows.run(rollout, model, pixels, rows)
         if capture:
             capturer.offer(model.name, model.version, pixels, rows, model.labels, request_id, originals)
