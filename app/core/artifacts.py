@@ -48,6 +48,12 @@ class ArtifactError(Exception):
     """An artifact that cannot be served: unreadable, inconsistent or failing its checks."""
 
 
+def refusal_reason(exc: BaseException) -> str:
+    """Why loading a version failed, for an error body or a log line: an ArtifactError says why itself;
+    anything else a loader raised is named by its type (its message may hold paths or internals)."""
+    return str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__} while loading"
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     name: str

@@ -17,6 +17,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 Architecture = Literal["cnn5", "fashion_cnn", "fashion_dnn", "fashion_vgg", "mlp", "mnist_cnn"]
 DatasetName = Literal["fashion-mnist", "mnist"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+# A model version: a positive integer in ASCII digits ('²'.isdigit() is true, int('²') fails), as folder names
+# of the repository and as the API's path and body fields.
+VERSION_PATTERN = r"^[1-9][0-9]{0,17}$"
 
 MNIST_LABELS = tuple(str(digit) for digit in range(10))
 FASHION_LABELS = (

@@ -17,9 +17,9 @@ import threading
 from dataclasses import dataclass, field
 
 from app.core import metrics
-from app.core.artifacts import ONNX, ArtifactError, LoadedModel, load_model
+from app.core.artifacts import ONNX, LoadedModel, load_model, refusal_reason
 from app.core.devices import Device
-from app.core.errors import ModelNotFound, NotReady
+from app.core.errors import Conflict, ModelNotFound, NotReady, VersionNotFound
 from app.core.onnx_runtime import ONNXRUNTIME, served_by_onnxruntime
 from app.core.optimize import optimized
 from app.core.repository import ModelRepository
@@ -100,7 +100,7 @@ class ModelRegistry:
         except Exception as exc:  # ArtifactError or anything a loader raises: this version is refused
             self.refused.add((name, version))
             metrics.model_refused(name, version)
-            reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__} while loading"
+            reason = refusal_reason(exc)
             if current:
                 self.errors[name] = f"version {version} refused: {reason}"
             still = f"still serving {served.version}" if served else "nothing served"
@@ -134,7 +134,7 @@ class ModelRegistry:
             try:  # a version that cannot serve is not applied; the served version goes on alone
                 loaded[version] = self.load_version(name, version)
             except Exception as exc:
-                reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__} while loading"
+                reason = refusal_reason(exc)
                 refused.append(f"version {version} refused: {reason}")
                 logger.error("model %s: rollout version %s refused: %s", name, version, reason)
         rollout = ActiveRollout(
@@ -155,6 +155,22 @@ class ModelRegistry:
             return served, "served", None
         model, role = rollout.choose(served, key)
         return model, role, rollout
+
+    def require_listed(self, name: str, version: str) -> None:
+        """VersionNotFound unless the repository lists `version` of `name` (only valid names and ASCII-digit
+        versions are ever listed: no '..', no dot-folders, nothing outside the repository)."""
+        known = self.repository.versions(name)
+        if version not in known:
+            listed = ", ".join(known) or "none"
+            raise VersionNotFound(f"model {name!r:.80} has no version {version!r:.40}; versions: {listed}")
+
+    def require_servable(self, name: str, version: str) -> None:
+        """As require_listed, then Conflict unless the version loads and passes what serving it would check."""
+        self.require_listed(name, version)
+        try:
+            self.load_version(name, version)
+        except Exception as exc:  # ArtifactError, or whatever a loader raised: this version cannot serve
+            raise Conflict(f"version {version} cannot be served: {refusal_reason(exc)}") from None
 
     def load_version(self, name: str, version: str) -> LoadedModel:
         """One version loaded, checked and prepared for serving (runtime, optimisation), not served yet.

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.core.artifacts import TORCHSCRIPT, artifact_file, has_artifact
+from app.core.catalogue import VERSION_PATTERN
 from app.core.durable import fsync_dir
 from app.core.rollout import ROLLOUT_FILE, StoredRollout
 
 CURRENT_FILE = "CURRENT"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"  # the one rule for model names: API bodies use it too
 _MODEL_NAME = re.compile(MODEL_NAME)
-_VERSION = re.compile(r"^[1-9][0-9]{0,17}$")  # ASCII only: '²'.isdigit() is true, int('²') fails
+_VERSION = re.compile(VERSION_PATTERN)
 
 
 def is_model_name(name: str) -> bool:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 from pydantic.config import JsonDict
 
 from app.core.artifacts import LoadedModel
-from app.core.catalogue import JsonFloat, JsonInt, json_number
+from app.core.catalogue import VERSION_PATTERN, JsonFloat, JsonInt, json_number
 
 ROLLOUT_FILE = "ROLLOUT"
 ROUTE_KEY_HEADER = "X-Pixelserve-Route-Key"
@@ -40,7 +40,6 @@ ROUTE_KEY_PARAMETER = {
     "description": "routing key: during a canary rollout, requests with the same key get the same version",
 }
 Role = Literal["served", "candidate", "shadow"]
-VERSION_PATTERN = r"^[1-9][0-9]{0,17}$"
 Share = Annotated[float, Field(ge=0, le=1), BeforeValidator(json_number)]
 # Optional in a body means absent: the request schema has no null (the policy's own rules, below,
 # are about which fields are given), while responses show absent parts as null.

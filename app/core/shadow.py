@@ -87,8 +87,9 @@ class ShadowRunner:
         agreed = sum(a == b for a, b in zip(labels, shadow_labels, strict=True))
         rollout.count("shadowed", images)
         rollout.count("agreed", agreed)
-        rollout.answered("shadow", confidences, time.monotonic() - started)
-        metrics.version_answered(name, shadow.version, "shadow", confidences, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        rollout.answered("shadow", confidences, seconds)
+        metrics.version_answered(name, shadow.version, "shadow", confidences, seconds)
         if agreed:
             metrics.shadow_compared(name, answered.version, shadow.version, "agree", agreed)
         if images - agreed:

@@ -78,10 +78,7 @@ def get_version(name: str, version: str, registry: RegistryDep) -> VersionDetail
     if name not in registry.models and name not in registry.expected_names():
         registry.get(name)  # raises the 404 naming the served models
     repository = registry.repository
-    # Only names the repository lists: no '..', no dot-folders, nothing outside it.
-    if version not in repository.versions(name):
-        known = ", ".join(repository.versions(name)) or "none"
-        raise VersionNotFound(f"model {name!r:.80} has no version {version!r:.40}; versions: {known}")
+    registry.require_listed(name, version)  # only what the repository lists: no '..', nothing outside it
     try:
         metadata = read_metadata(repository.artifact_path(name, version))
     except ArtifactError as exc:

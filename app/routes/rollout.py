@@ -11,7 +11,6 @@ from starlette.concurrency import run_in_threadpool
 
 from app.bodies import Promotion, RolloutApplied, RolloutView
 from app.core import rollout_decisions
-from app.core.artifacts import ArtifactError
 from app.core.errors import Conflict, ModelNotFound, NotReady, VersionNotFound
 from app.core.job_store import JobStore
 from app.core.registry import ModelRegistry
@@ -46,20 +45,6 @@ def _view(registry: ModelRegistry, store: JobStore, name: str) -> RolloutView:
     )
 
 
-def _check_version(registry: ModelRegistry, name: str, version: str, served: str) -> None:
-    repository = registry.repository
-    if version not in repository.versions(name):
-        known = ", ".join(repository.versions(name)) or "none"
-        raise VersionNotFound(f"model {name!r:.80} has no version {version!r:.40}; versions: {known}")
-    if version == served:
-        raise Conflict(f"version {version} is the served version already")
-    try:
-        registry.load_version(name, version)
-    except Exception as exc:  # ArtifactError, or whatever a loader raised: this version cannot serve
-        reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__} while loading"
-        raise Conflict(f"version {version} cannot be served: {reason}") from None
-
-
 @router.get("/{name}/rollout", response_model=RolloutView, responses=responses(ModelNotFound, NotReady))
 async def get_rollout(name: str, registry: RegistryDep, store: JobStoreDep) -> RolloutView:
     """The policy, how this replica applies it, the counts that judge it (here and fleet-wide), the history."""
@@ -78,9 +63,10 @@ async def put_rollout(name: str, policy: RolloutPolicy, registry: RegistryDep, s
     The whole policy is replaced, its counts start at zero. Each version must exist, load and pass its
     checks, and differ from the served version."""
     served = registry.get(name).version
-    for version in {policy.candidate, policy.shadow} - {None}:
-        assert version is not None
-        await run_in_threadpool(_check_version, registry, name, version, served)
+    for version in filter(None, (policy.candidate, policy.shadow)):
+        if version == served:
+            raise Conflict(f"version {version} is the served version already")
+        await run_in_threadpool(registry.require_servable, name, version)  # 404 unlisted, 409 unservable
     await run_in_threadpool(rollout_decisions.set_rollout, registry.repository, store, name, policy, "admin")
     await run_in_threadpool(registry.refresh)  # this replica at once; the others at their next poll
     return await run_in_threadpool(_view, registry, store, name)

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Body
 from starlette.concurrency import run_in_threadpool
 
 from app.bodies import ActivateRequest, Activation
-from app.core.artifacts import ArtifactError, load_model
 from app.core.errors import Conflict, VersionNotFound
 from app.deps import JobStoreDep, RegistryDep
 from app.http_errors import responses
@@ -32,16 +31,7 @@ async def activate_version(
     taking over; `{"pin": false}` lets the next publication move on. The version is loaded and
     checked here first, so a broken one is never pointed at."""
     repository = registry.repository
-    # The repository reads only valid names and ASCII-digit versions (no '..', no dot-folders, nothing
-    # outside it): anything else is a version that does not exist.
-    if version not in repository.versions(name):
-        known = ", ".join(repository.versions(name)) or "none"
-        raise VersionNotFound(f"model {name!r:.80} has no version {version!r:.40}; versions: {known}")
-    try:
-        await run_in_threadpool(load_model, repository.artifact_path(name, version), registry.device)
-    except Exception as exc:  # ArtifactError, or whatever a loader raised: this version cannot serve
-        reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__} while loading"
-        raise Conflict(f"version {version} cannot be served: {reason}") from None
+    await run_in_threadpool(registry.require_servable, name, version)  # 404 unlisted, 409 unservable
     pin = body.pin if body is not None else True
 
     def switch() -> None:
